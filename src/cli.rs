@@ -1,0 +1,185 @@
+//! The command line: `serve` (the default), `validate`, and the wiring of a running router.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::Backend;
+use crate::route::RouteTable;
+use crate::server::{self, AppState};
+
+#[derive(Debug, Parser)]
+#[command(name = "scope-router", version, about = "A declarative WebSocket routing proxy for the Scope backend on fal")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SCOPE_ROUTER_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve WebSocket clients (the default).
+    Serve(ServeArgs),
+    /// Check a routes file and every schema it names; exit non-zero on error.
+    Validate {
+        /// The routes file.
+        #[arg(long, default_value = "routes.yaml", env = "SCOPE_ROUTER_ROUTES")]
+        routes: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    /// The routes file.
+    #[arg(long, default_value = "routes.yaml", env = "SCOPE_ROUTER_ROUTES")]
+    routes: PathBuf,
+    /// Listen address (overrides the file), e.g. 127.0.0.1:0 for any free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Backend base URL (overrides the file).
+    #[arg(long)]
+    backend_url: Option<String>,
+    /// Start no backend command; talk to whatever answers at the backend URL.
+    #[arg(long)]
+    no_supervise: bool,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Some(Command::Validate { routes }) => validate(&routes),
+        Some(Command::Serve(args)) => run_serve(args),
+        None => run_serve(cli.serve),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+fn validate(routes: &Path) -> ExitCode {
+    let loaded = match crate::config::load(routes) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let backend = Arc::new(Backend::new(&loaded.file.backend.url, &loaded.file.backend.pool));
+    match RouteTable::compile(loaded, backend) {
+        Ok(table) => {
+            println!(
+                "{}: ok ({} routes, {} schemas, version {})",
+                routes.display(),
+                table.routes().count(),
+                table.schemas.by_name.len(),
+                table.version
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+
+    let mut loaded = crate::config::load(&args.routes)?;
+    if let Some(url) = &args.backend_url {
+        loaded.file.backend.url = url.clone();
+    }
+    let listen = args.listen.clone().unwrap_or_else(|| loaded.file.listen.clone());
+    let backend_cfg = loaded.file.backend.clone();
+    let backend = Arc::new(Backend::new(&backend_cfg.url, &backend_cfg.pool));
+    let table = RouteTable::compile(loaded, backend.clone())?;
+    let state = AppState::new(table, backend.clone(), metrics);
+
+    let supervised = backend_cfg.command.is_some() && !args.no_supervise;
+    if supervised {
+        tracing::warn!("backend.command is set but supervision is not built yet; probing only");
+    }
+    tokio::spawn(crate::backend::probe_loop(backend.clone(), backend_cfg.health.clone()));
+
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    println!("scope-router listening on http://{addr} (WebSocket: ws://{addr}/ws)");
+    tracing::info!(%addr, backend = %backend.base(), routes = %args.routes.display(), "listening");
+
+    let app = server::app(state.clone());
+    let stop_state = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: no new connections; closing clients with 1001");
+            stop_state.shutdown.send_replace(true);
+        })
+        .await?;
+    // Upgraded sockets outlive the listener; give them their grace to finish.
+    let grace = backend_cfg.stop.grace.0;
+    let deadline = tokio::time::Instant::now() + grace;
+    while state.open_sessions.load(std::sync::atomic::Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

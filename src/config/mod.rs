@@ -1,0 +1,176 @@
+//! Loading `routes.yaml`: parse with line and column, resolve paths, and hash what was loaded.
+
+mod types;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use types::*;
+
+/// A problem with the configuration, placed at a file, line and column where known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn at(file: &Path, loc: serde_saphyr::Location, message: impl Into<String>) -> Self {
+        let (line, column) = (loc.line(), loc.column());
+        Self {
+            file: file.to_owned(),
+            line: (line > 0).then_some(line),
+            column: (column > 0).then_some(column),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A parsed routes file with its paths resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: RoutesFile,
+    /// The routes file itself.
+    pub path: PathBuf,
+    /// The directory schema names are resolved in.
+    pub schema_dir: PathBuf,
+    /// The routes file's text, for hashing.
+    pub text: String,
+}
+
+/// Largest routes file accepted.
+const MAX_ROUTES_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads and parses a routes file (structure only; see [`crate::route::RouteTable::compile`] for the rest).
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+    if meta.len() > MAX_ROUTES_BYTES {
+        return Err(ConfigError::new(path, format!("file is over {MAX_ROUTES_BYTES} bytes")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+    let file = parse(path, &text)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let schema_dir = base.join(&file.schemas);
+    Ok(Loaded {
+        file,
+        path: path.to_owned(),
+        schema_dir,
+        text,
+    })
+}
+
+/// Parses routes text; errors carry the line and column.
+pub fn parse(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+    };
+    let file: RoutesFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let message = strip_location(&e.to_string());
+        match e.location() {
+            Some(loc) => ConfigError::at(path, loc, message),
+            None => ConfigError::new(path, message),
+        }
+    })?;
+    if file.version != 1 {
+        return Err(ConfigError::new(path, format!("unsupported version {} (only 1 exists)", file.version)));
+    }
+    Ok(file)
+}
+
+/// serde-saphyr appends " at line L column C"; we print the place up front instead.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) if msg.get(i..).is_some_and(|t| t.contains("column")) => msg.get(..i).unwrap_or(msg).to_owned(),
+        _ => msg.to_owned(),
+    }
+}
+
+/// A short hash of the routes text and the schema files it uses: the config's version.
+pub fn version_hash<'a>(text: &str, schema_texts: impl Iterator<Item = &'a [u8]>) -> String {
+    let mut h = Sha256::new();
+    h.update(text.as_bytes());
+    for s in schema_texts {
+        h.update(s);
+    }
+    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("routes.yaml"), text).unwrap_err().to_string()
+    }
+
+    const MIN: &str = "version: 1\nbackend:\n  url: http://127.0.0.1:1\nroutes:\n  ping:\n    reply: { type: pong }\n";
+
+    #[test]
+    fn minimal_file_parses_with_defaults() {
+        let f = parse(Path::new("r.yaml"), MIN).unwrap();
+        assert_eq!(f.connection.route_on, "type");
+        assert_eq!(f.backend.health.path, "/health");
+        assert!(f.routes.contains_key("ping"));
+    }
+
+    #[test]
+    fn unknown_field_is_placed() {
+        let text = MIN.replace("    reply: { type: pong }", "    reply: { type: pong }\n    replyy: 1");
+        insta::assert_snapshot!(err(&text), @"");
+    }
+
+    #[test]
+    fn syntax_error_is_placed() {
+        insta::assert_snapshot!(err("version: 1\nbackend: [\n"), @"");
+    }
+
+    #[test]
+    fn wrong_type_is_placed() {
+        let text = MIN.replace("version: 1", "version: one");
+        insta::assert_snapshot!(err(&text), @"");
+    }
+
+    #[test]
+    fn bad_duration_is_placed() {
+        let text = MIN.replace("  url: http://127.0.0.1:1", "  url: http://127.0.0.1:1\n  health: { interval: soon }");
+        insta::assert_snapshot!(err(&text), @"");
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("version: 1\nbackend: { url: 'http://x' }\nroutes: {}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            text.push_str(&format!("x{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        assert!(parse(Path::new("bomb.yaml"), &text).is_err());
+    }
+}

@@ -1,0 +1,462 @@
+//! The typed shape of `routes.yaml`: serde for loading, schemars for the editor schema.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+use serde_json::Value;
+
+/// A whole routes file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    /// Format version of this file. Only `1` exists.
+    pub version: u32,
+    /// Address the router listens on (`HOST:PORT`). Applies on restart only.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory holding the JSON Schemas that routes name, relative to this file.
+    #[serde(default = "default_schemas")]
+    pub schemas: PathBuf,
+    /// The Scope backend: where it answers and, optionally, how to run it.
+    pub backend: BackendConfig,
+    /// Per-connection behaviour: routing key, limits and hooks.
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+    /// Serve a directory of static files (for example the browser example) at `/`.
+    #[serde(default)]
+    pub static_files: Option<PathBuf>,
+    /// Message routes, keyed by the value of the routing field. `$default` catches the rest.
+    #[schemars(with = "BTreeMap<String, RouteConfig>")]
+    pub routes: BTreeMap<String, Spanned<RouteConfig>>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".to_owned()
+}
+
+fn default_schemas() -> PathBuf {
+    PathBuf::from("schemas")
+}
+
+/// The backend section.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Base URL of the backend, e.g. `http://127.0.0.1:8000`. Applies live.
+    pub url: String,
+    /// Command that starts the backend. When absent, nothing is supervised.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Working directory for the command.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Variables added to the inherited environment of the command.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Health probe of the backend.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Restart policy of the supervised command.
+    #[serde(default)]
+    pub restart: RestartConfig,
+    /// How the supervised command is stopped.
+    #[serde(default)]
+    pub stop: StopConfig,
+    /// What happens to the backend's log lines.
+    #[serde(default)]
+    pub logs: LogsConfig,
+    /// The shared keep-alive connection pool to the backend.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// Health probe settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Path probed with GET; 2xx means healthy.
+    pub path: String,
+    /// Time between probes.
+    pub interval: Dur,
+    /// Time one probe may take.
+    pub timeout: Dur,
+    /// How long a starting backend may take to become healthy before it is restarted.
+    pub startup_timeout: Dur,
+    /// Consecutive failed probes after which a running backend counts as unhealthy (and, when supervised, is restarted).
+    pub failure_threshold: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            path: "/health".to_owned(),
+            interval: Dur::secs(2),
+            timeout: Dur::secs(2),
+            startup_timeout: Dur::secs(120),
+            failure_threshold: 3,
+        }
+    }
+}
+
+/// When the supervisor restarts the backend.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart whenever the process exits.
+    Always,
+    /// Restart only after a non-zero exit or a signal.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// Restart settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartConfig {
+    /// When to restart.
+    pub policy: RestartPolicy,
+    /// Exponential backoff between restarts (with jitter).
+    pub backoff: BackoffConfig,
+    /// More restarts than this within a minute count as a crash loop (reported on /readyz and in metrics).
+    pub max_restarts_per_minute: u32,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            policy: RestartPolicy::Always,
+            backoff: BackoffConfig::default(),
+            max_restarts_per_minute: 5,
+        }
+    }
+}
+
+/// Exponential backoff bounds.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    /// First delay.
+    pub initial: Dur,
+    /// Largest delay.
+    pub max: Dur,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: Dur::millis(500),
+            max: Dur::secs(30),
+        }
+    }
+}
+
+/// Stop settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StopConfig {
+    /// Signal sent to the backend's process group first (`SIGTERM`, `SIGINT`, `SIGQUIT`, `SIGHUP`).
+    pub signal: String,
+    /// Time allowed after the signal (and for in-flight requests) before SIGKILL.
+    pub grace: Dur,
+}
+
+impl Default for StopConfig {
+    fn default() -> Self {
+        Self {
+            signal: "SIGTERM".to_owned(),
+            grace: Dur::secs(10),
+        }
+    }
+}
+
+/// Backend log handling.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Push the backend's log lines to connected clients as `{"type":"logs","lines":[…]}`.
+    pub push_to_clients: bool,
+    /// Most lines in one `logs` message.
+    pub batch: usize,
+    /// Lines containing any of these substrings are not pushed (noisy loggers).
+    pub exclude: Vec<String>,
+    /// Lines queued per client before the oldest are dropped.
+    pub queue: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            push_to_clients: false,
+            batch: 50,
+            exclude: Vec::new(),
+            queue: 1000,
+        }
+    }
+}
+
+/// Backend connection pool settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle keep-alive connections kept per backend host.
+    pub max_idle: usize,
+    /// How long an idle connection is kept.
+    pub idle_timeout: Dur,
+    /// Largest backend response body accepted.
+    pub max_response_bytes: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_idle: 256,
+            idle_timeout: Dur::secs(90),
+            max_response_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Per-connection settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionConfig {
+    /// The message field to route on: a top-level field name, or a JSON pointer such as `/action`.
+    pub route_on: String,
+    /// Largest inbound message, in bytes. A larger one closes the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Most messages of one connection being handled at once; more get an error reply.
+    pub max_in_flight: usize,
+    /// Longest life of a connection; it then gets a `MAX_DURATION_EXCEEDED` error and is closed.
+    pub max_duration: Option<Dur>,
+    /// Time allowed for in-flight messages to finish after the client has gone, before the disconnect hooks run.
+    pub drain_timeout: Dur,
+    /// Sent right after the upgrade (a reply template; `connection.*` is available).
+    pub on_connect: Option<Value>,
+    /// Steps run when the connection ends.
+    pub on_disconnect: Vec<DisconnectStep>,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            route_on: "type".to_owned(),
+            max_message_bytes: 128 * 1024 * 1024,
+            max_in_flight: 64,
+            max_duration: Some(Dur::secs(2 * 60 * 60)),
+            drain_timeout: Dur::secs(10),
+            on_connect: None,
+            on_disconnect: Vec::new(),
+        }
+    }
+}
+
+/// A step run on disconnect.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectStep {
+    /// `close_sessions`: DELETE every WebRTC session this connection opened.
+    pub signaling: SignalingDisconnect,
+}
+
+/// Disconnect actions of the signaling relay.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalingDisconnect {
+    /// DELETE every WebRTC session this connection opened.
+    CloseSessions,
+}
+
+/// One route: exactly one of `reply`, `forward` or `signaling`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// JSON Schema file (in the schemas directory) every message of this route must satisfy.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Schema files a reply of this route may satisfy (used by contract checks).
+    #[serde(default)]
+    pub reply_schemas: Vec<String>,
+    /// A local reply built from a template.
+    #[serde(default)]
+    pub reply: Option<Value>,
+    /// An HTTP call to the backend.
+    #[serde(default)]
+    pub forward: Option<ForwardConfig>,
+    /// The WebRTC signaling relay.
+    #[serde(default)]
+    pub signaling: Option<SignalingConfig>,
+}
+
+/// An HTTP forward to the backend.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Take method, path and body from the message's `method`, `path` and `body` fields (the `api` passthrough).
+    #[serde(default)]
+    pub from_message: bool,
+    /// Fixed method (when not `from_message`).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Fixed path, may interpolate `${message.…}` (when not `from_message`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// JSON body template (when not `from_message`).
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Methods a message may use (with `from_message`).
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Globs a path must match (after normalization) to be forwarded.
+    #[serde(default = "default_allow")]
+    pub allow: Vec<String>,
+    /// Globs that are never forwarded, even when allowed.
+    #[serde(default = "default_deny")]
+    pub deny: Vec<String>,
+    /// A body `{"_base64_content":…, "_content_type":…}` is decoded and sent as raw bytes.
+    #[serde(default = "yes")]
+    pub base64_uploads: bool,
+    /// Time a request may take, unless a `timeouts` rule matches.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Per-path timeouts; the first match wins.
+    #[serde(default)]
+    pub timeouts: Vec<TimeoutRule>,
+    /// Requests (`METHOD /glob`) whose JSON object body gets the connection id added as `connection_id`.
+    #[serde(default)]
+    pub add_connection_id: Vec<String>,
+    /// Reply template for a JSON or text response (`response.*` is available).
+    pub reply: Value,
+    /// Reply template for a binary response (2xx with a binary content type). When absent, binary bodies go through `reply` as base64 text.
+    #[serde(default)]
+    pub reply_binary: Option<Value>,
+    /// Reply template for failures (`error.status`, `error.message`, `error.code` are available).
+    #[serde(default)]
+    pub on_error: Option<Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_methods() -> Vec<String> {
+    ["GET", "POST", "PATCH", "DELETE", "PUT"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn default_allow() -> Vec<String> {
+    vec!["/**".to_owned()]
+}
+
+fn default_deny() -> Vec<String> {
+    vec!["/api/v1/internal/**".to_owned()]
+}
+
+fn default_timeout() -> Dur {
+    Dur::secs(30)
+}
+
+/// A timeout for matching requests.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutRule {
+    /// Path glob, e.g. `/api/v1/recordings/**`.
+    pub path: String,
+    /// Only for this method (any when absent).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only for raw (base64-decoded) uploads.
+    #[serde(default)]
+    pub upload: bool,
+    /// The timeout.
+    pub timeout: Dur,
+}
+
+/// The WebRTC signaling relay.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalingConfig {
+    /// `offer` or `icecandidate`.
+    pub action: SignalingAction,
+    /// Backend path of the offer endpoint; ICE PATCH and DELETE go to `<path>/<sessionId>`.
+    #[serde(default = "default_offer_path")]
+    pub path: String,
+    /// Time the backend call may take.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Add the connection id to offers as `connection_id`.
+    #[serde(default)]
+    pub add_connection_id: bool,
+}
+
+fn default_offer_path() -> String {
+    "/api/v1/webrtc/offer".to_owned()
+}
+
+/// Signaling actions.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalingAction {
+    /// Relay an SDP offer and remember the session.
+    Offer,
+    /// Relay a trickle ICE candidate to this connection's session.
+    Icecandidate,
+}
+
+/// A duration written as `500ms`, `2s`, `5m`, `2h` (or a bare number of seconds).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+    pub const fn millis(ms: u64) -> Self {
+        Self(Duration::from_millis(ms))
+    }
+}
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Dur::secs(s)),
+            Raw::Text(t) => humantime::parse_duration(t.trim())
+                .map(Dur)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+        }
+    }
+}
+
+impl JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration such as `500ms`, `2s`, `5m` or `2h`, or a whole number of seconds.",
+            "oneOf": [
+                { "type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zµ]+(\\s*[0-9]+\\s*[a-zµ]+)*\\s*$" },
+                { "type": "integer", "minimum": 0 }
+            ]
+        })
+    }
+}

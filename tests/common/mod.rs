@@ -1,0 +1,296 @@
+//! Test harness: start the real `scope-router` and `mock-scope` binaries on free ports and talk to them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const ROUTER: &str = env!("CARGO_BIN_EXE_scope-router");
+pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-scope");
+
+/// How long any single wait may take before a test fails (generous: CI machines are noisy).
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A child process killed (with its group) when dropped, with its output lines collected.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Starts `cmd` and waits for a stdout line containing `marker` followed by `http://ADDR`.
+    pub fn start(mut cmd: Command, marker: &str) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let marker = marker.to_owned();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.contains(&marker) {
+                        if let Some(rest) = line.split("http://").nth(1) {
+                            let addr = rest.split_whitespace().next().unwrap_or("");
+                            if let Ok(a) = addr.parse() {
+                                let _ = tx.send(a);
+                            }
+                        }
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if std::env::var_os("TEST_ECHO_LOGS").is_some() {
+                        eprintln!("{line}");
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("process did not announce its address; output:\n{}", lines.lock().unwrap().join("\n"));
+            }
+        };
+        Proc { child, addr, lines }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until some output line contains `needle`.
+    pub async fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no line containing {needle:?} in:\n{}", self.output());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+/// Starts `mock-scope` on a free port.
+pub fn mock(extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(MOCK);
+    cmd.args(["--listen", "127.0.0.1:0", "--quiet"]).args(extra);
+    Proc::start(cmd, "mock-scope listening on")
+}
+
+/// Starts the router on a free port in front of `backend`, with `routes` (default: the repo's).
+pub fn router(routes: &Path, backend: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(ROUTER);
+    cmd.args(["serve", "--routes"])
+        .arg(routes)
+        .args(["--listen", "127.0.0.1:0", "--backend-url", backend, "--no-supervise"])
+        .args(extra)
+        .env("RUST_LOG", "info,scope_router=debug");
+    Proc::start(cmd, "scope-router listening on")
+}
+
+/// The repo's default routes in front of a fresh mock.
+pub fn stack() -> (Proc, Proc) {
+    let m = mock(&[]);
+    let r = router(&repo().join("routes.yaml"), &m.http(), &[]);
+    (m, r)
+}
+
+/// A WebSocket client speaking JSON text frames.
+pub struct Ws {
+    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Replies read while waiting for another one.
+    pub stash: Vec<Value>,
+    pub connection_id: String,
+}
+
+impl Ws {
+    /// Connects and waits for `ready`.
+    pub async fn connect(url: &str) -> Ws {
+        let (inner, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        let mut ws = Ws {
+            inner,
+            stash: Vec::new(),
+            connection_id: String::new(),
+        };
+        let ready = ws.recv().await;
+        assert_eq!(ready["type"], "ready", "first message must be ready: {ready}");
+        ws.connection_id = ready["connection_id"].as_str().unwrap().to_owned();
+        ws
+    }
+
+    pub async fn send(&mut self, v: &Value) {
+        self.inner.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.inner.send(Message::text(t.to_owned())).await.unwrap();
+    }
+
+    /// The next JSON message (from the stash first).
+    pub async fn recv(&mut self) -> Value {
+        if !self.stash.is_empty() {
+            return self.stash.remove(0);
+        }
+        self.recv_raw().await
+    }
+
+    async fn recv_raw(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.inner.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("socket ended")
+                .expect("socket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(f) => panic!("socket closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Waits for the message whose `request_id` is `rid`, stashing others.
+    pub async fn reply_to(&mut self, rid: &str) -> Value {
+        if let Some(i) = self.stash.iter().position(|v| v["request_id"] == rid) {
+            return self.stash.remove(i);
+        }
+        loop {
+            let v = self.recv_raw().await;
+            if v["request_id"] == rid {
+                return v;
+            }
+            self.stash.push(v);
+        }
+    }
+
+    /// Sends `v` with `request_id = rid` and returns its reply.
+    pub async fn call(&mut self, rid: &str, mut v: Value) -> Value {
+        v["request_id"] = json!(rid);
+        self.send(&v).await;
+        self.reply_to(rid).await
+    }
+
+    /// Waits for the close frame; returns its code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.inner.next()).await.expect("timed out waiting for close") {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// GET a URL on a process, returning status and JSON body.
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let (status, body) = http(url, "GET", None).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A tiny HTTP/1.1 client over a raw TCP stream (tests must not depend on the code under test).
+pub async fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(host)).await.unwrap().unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// Polls `f` until it returns Some, or fails the test after [`WAIT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The mock's request counters.
+pub async fn mock_stats(m: &Proc) -> Value {
+    get_json(&format!("{}/_mock/stats", m.http())).await.1
+}
+
+/// The deterministic byte pattern of the mock's binary endpoints.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 31 + 7) % 251) as u8).collect()
+}
