@@ -73,7 +73,11 @@ pub fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
@@ -141,10 +145,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(table, backend.clone(), metrics);
 
     let supervised = backend_cfg.command.is_some() && !args.no_supervise;
-    if supervised {
-        tracing::warn!("backend.command is set but supervision is not built yet; probing only");
-    }
-    tokio::spawn(crate::backend::probe_loop(backend.clone(), backend_cfg.health.clone()));
+    let supervisor = if supervised {
+        let base_dir = args.routes.parent().map(Path::to_owned).unwrap_or_default();
+        Some(crate::supervisor::spawn(
+            backend_cfg.clone(),
+            base_dir,
+            backend.clone(),
+            state.clone(),
+            state.logs.clone(),
+        ))
+    } else {
+        tokio::spawn(crate::backend::probe_loop(backend.clone(), backend_cfg.health.clone()));
+        None
+    };
 
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -167,6 +180,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + grace;
     while state.open_sessions.load(std::sync::atomic::Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(s) = supervisor {
+        tracing::info!("stopping the backend");
+        s.stop().await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -14,5 +14,6 @@ pub mod pathsafe;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod supervisor;
 pub mod template;
 pub mod validate;

@@ -40,6 +40,8 @@ pub struct AppState {
     /// Extra readiness detail from the supervisor (crash loops and the like).
     pub supervisor_status: ArcSwap<Option<serde_json::Value>>,
     pub connections_total: AtomicU64,
+    /// Backend log lines for clients that asked for them (a lagging client loses the oldest).
+    pub logs: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Connections being served right now (including their disconnect hooks).
     pub open_sessions: std::sync::atomic::AtomicUsize,
 }
@@ -47,6 +49,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(table: RouteTable, backend: Arc<Backend>, metrics: Option<PrometheusHandle>) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
+        let queue = table.source.file.backend.logs.queue.max(1);
+        let (logs, _) = tokio::sync::broadcast::channel(queue);
         Arc::new(Self {
             table: ArcSwap::from_pointee(table),
             backend,
@@ -56,6 +60,7 @@ impl AppState {
             supervisor_status: ArcSwap::from_pointee(None),
             connections_total: AtomicU64::new(0),
             open_sessions: std::sync::atomic::AtomicUsize::new(0),
+            logs,
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
 use crate::codec::{ProtocolError, Request, decode, error_reply};
@@ -105,6 +105,9 @@ where
     tracing::info!(table = %table.version, "connected");
 
     let ready = table.connect_message(&conn.id);
+    let log_cfg = &table.source.file.backend.logs;
+    let log_batch = log_cfg.batch.max(1);
+    let mut logs = log_cfg.push_to_clients.then(|| state.logs.subscribe());
     drop(table);
     bytes_out += ready.len() as u64;
     let mut ok = send(&mut tx, ready).await;
@@ -170,6 +173,16 @@ where
                     break if code == CLOSE_TOO_BIG { EndReason::TooLarge } else { EndReason::ProtocolError };
                 }
             },
+            lines = next_logs(&mut logs, log_batch), if logs.is_some() => {
+                match lines {
+                    Some(lines) => {
+                        let text = serde_json::json!({"type": "logs", "lines": lines}).to_string();
+                        bytes_out += text.len() as u64;
+                        ok = send(&mut tx, text).await;
+                    }
+                    None => logs = None,
+                }
+            }
             _ = &mut max_duration => {
                 let r = error_reply(None, &ProtocolError::MaxDuration);
                 let _ = send(&mut tx, r.text).await;
@@ -213,6 +226,33 @@ where
         bytes_out,
         "disconnected"
     );
+}
+
+/// The next batch of backend log lines: waits for one, then takes what else is queued, up to `batch`.
+/// `None` when the log channel is gone.
+async fn next_logs(rx: &mut Option<broadcast::Receiver<Arc<str>>>, batch: usize) -> Option<Vec<Arc<str>>> {
+    let rx = rx.as_mut()?;
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv().await {
+            Ok(l) => {
+                lines.push(l);
+                break;
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(dropped = n, "client is behind on backend logs; dropped the oldest");
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+    while lines.len() < batch {
+        match rx.try_recv() {
+            Ok(l) => lines.push(l),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    Some(lines)
 }
 
 async fn send<S>(tx: &mut S, text: String) -> bool

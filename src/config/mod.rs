@@ -144,24 +144,24 @@ mod tests {
     #[test]
     fn unknown_field_is_placed() {
         let text = MIN.replace("    reply: { type: pong }", "    reply: { type: pong }\n    replyy: 1");
-        insta::assert_snapshot!(err(&text), @"");
+        insta::assert_snapshot!(err(&text), @"routes.yaml:7:5: unknown field `replyy`, expected one of schema, reply_schemas, reply, forward, signaling");
     }
 
     #[test]
     fn syntax_error_is_placed() {
-        insta::assert_snapshot!(err("version: 1\nbackend: [\n"), @"");
+        insta::assert_snapshot!(err("version: 1\nbackend: [\n"), @"routes.yaml:2:10: expected mapping start");
     }
 
     #[test]
     fn wrong_type_is_placed() {
         let text = MIN.replace("version: 1", "version: one");
-        insta::assert_snapshot!(err(&text), @"");
+        insta::assert_snapshot!(err(&text), @"routes.yaml:1:10: invalid u32");
     }
 
     #[test]
     fn bad_duration_is_placed() {
         let text = MIN.replace("  url: http://127.0.0.1:1", "  url: http://127.0.0.1:1\n  health: { interval: soon }");
-        insta::assert_snapshot!(err(&text), @"");
+        insta::assert_snapshot!(err(&text), @r#"routes.yaml:4:23: invalid duration "soon": expected number at 0"#);
     }
 
     #[test]

@@ -294,3 +294,152 @@ pub async fn mock_stats(m: &Proc) -> Value {
 pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| ((i * 31 + 7) % 251) as u8).collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers added for the protocol, error, custom-route and validate suites.
+
+/// A routes file written into a temporary directory (kept alive as long as this value).
+pub struct TempRoutes {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TempRoutes {
+    /// Writes `text` as `routes.yaml` in a fresh temporary directory.
+    pub fn new(text: &str) -> TempRoutes {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, text).expect("write routes");
+        TempRoutes { dir, path }
+    }
+
+    /// Writes another file (e.g. a schema) relative to the directory.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+}
+
+/// The repo's default routes.yaml with each `(from, to)` replacement applied (each `from` must occur
+/// exactly once), its schema directory pointed at the repo's `schemas/`, written to a tempdir.
+pub fn default_routes_with(replacements: &[(&str, &str)]) -> TempRoutes {
+    let mut text = std::fs::read_to_string(repo().join("routes.yaml")).expect("read routes.yaml");
+    let schemas = format!("schemas: {:?}", repo().join("schemas").display().to_string());
+    text = replace_once(&text, "\nschemas: schemas\n", &format!("\n{schemas}\n"));
+    for (from, to) in replacements {
+        text = replace_once(&text, from, to);
+    }
+    TempRoutes::new(&text)
+}
+
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "{from:?} must occur exactly once in routes.yaml");
+    text.replacen(from, to, 1)
+}
+
+/// A default-routes router (with replacements) in front of a fresh mock.
+pub fn stack_with(replacements: &[(&str, &str)]) -> (Proc, Proc, TempRoutes) {
+    let routes = default_routes_with(replacements);
+    let m = mock(&[]);
+    let r = router(&routes.path, &m.http(), &[]);
+    (m, r, routes)
+}
+
+/// A base URL on which nothing listens (a port bound and released).
+pub fn dead_backend_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// Sets the mock's fault rules (`{"delay_ms": {...}, "status": {...}}`), replacing earlier ones.
+pub async fn set_faults(m: &Proc, faults: Value) {
+    let (status, body) = http(&format!("{}/_mock/faults", m.http()), "POST", Some(&faults.to_string())).await;
+    assert_eq!(status, 200, "setting faults failed: {body}");
+}
+
+/// Requests the mock has counted so far (health probes and `/_mock/*` excluded).
+pub async fn mock_total(m: &Proc) -> u64 {
+    mock_stats(m).await["total"].as_u64().expect("stats.total")
+}
+
+/// The recorded requests (`/_mock/stats` `recent`) matching method and path prefix.
+pub async fn mock_recent(m: &Proc, method: &str, path_prefix: &str) -> Vec<Value> {
+    let stats = mock_stats(m).await;
+    stats["recent"]
+        .as_array()
+        .expect("stats.recent")
+        .iter()
+        .filter(|r| r["method"] == method && r["path"].as_str().is_some_and(|p| p.starts_with(path_prefix)))
+        .cloned()
+        .collect()
+}
+
+/// The mock's live WebRTC sessions.
+pub async fn mock_sessions(m: &Proc) -> Vec<Value> {
+    let (_, v) = get_json(&format!("{}/_mock/sessions", m.http())).await;
+    v["sessions"].as_array().expect("sessions").clone()
+}
+
+/// Session ids the mock has seen DELETEd.
+pub async fn mock_deleted(m: &Proc) -> Vec<String> {
+    let (_, v) = get_json(&format!("{}/_mock/deleted", m.http())).await;
+    v["deleted"]
+        .as_array()
+        .expect("deleted")
+        .iter()
+        .map(|s| s.as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// A minimal SDP offer.
+pub const SDP_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:96 VP8/90000\r\n";
+
+impl Ws {
+    /// Proves the connection is still open and served: a ping gets its pong.
+    pub async fn assert_open(&mut self) {
+        let rid = format!("alive-{}", rand::random::<u32>());
+        let pong = self.call(&rid, json!({"type": "ping"})).await;
+        assert_eq!(pong, json!({"type": "pong", "request_id": rid}), "connection must stay open");
+    }
+
+    /// Sends `v` with an arbitrary JSON `request_id` and waits for the reply carrying that exact id.
+    pub async fn call_with_id(&mut self, rid: Value, mut v: Value) -> Value {
+        v["request_id"] = rid.clone();
+        self.send(&v).await;
+        if let Some(i) = self.stash.iter().position(|m| m["request_id"] == rid) {
+            return self.stash.remove(i);
+        }
+        loop {
+            let m = self.recv_raw().await;
+            if m["request_id"] == rid {
+                return m;
+            }
+            self.stash.push(m);
+        }
+    }
+
+    /// Sends an offer and returns its `answer` (asserting success).
+    pub async fn offer(&mut self, rid: &str) -> Value {
+        let a = self
+            .call(rid, json!({"type": "offer", "sdp": SDP_OFFER, "initialParameters": {"prompts": [{"text": "a cat", "weight": 1.0}]}}))
+            .await;
+        assert_eq!(a["type"], "answer", "offer failed: {a}");
+        a
+    }
+
+    /// Closes the socket from the client side (normal close).
+    pub async fn close(mut self) {
+        let _ = self.inner.close(None).await;
+        // Drain until the server's close arrives or the stream ends.
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.inner.next().await {}
+        })
+        .await;
+    }
+}

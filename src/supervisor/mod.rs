@@ -1,0 +1,345 @@
+//! The backend child: spawn in its own process group, probe health, restart with backoff, stop gracefully.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::backend::Backend;
+use crate::config::{BackendConfig, RestartPolicy};
+use crate::server::AppState;
+
+/// Commands to the supervisor task.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop the child (signal, grace, SIGKILL) and end; replies when done.
+    Stop(oneshot::Sender<()>),
+}
+
+/// A cloneable handle to the supervisor task.
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    tx: mpsc::Sender<Control>,
+}
+
+impl Supervisor {
+    /// Stops the child and waits until it and its process group are gone.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Control::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Starts supervising `cfg.command`; readiness is published on `backend.readiness`.
+pub fn spawn(
+    cfg: BackendConfig,
+    base_dir: PathBuf,
+    backend: Arc<Backend>,
+    state: Arc<AppState>,
+    logs: broadcast::Sender<Arc<str>>,
+) -> Supervisor {
+    let (tx, rx) = mpsc::channel(4);
+    backend.readiness.set_gate(true);
+    backend.readiness.set(false, "starting");
+    tokio::spawn(run(cfg, base_dir, backend, state, logs, rx));
+    Supervisor { tx }
+}
+
+/// Where the child is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Running,
+}
+
+/// Why the current child is being replaced.
+#[derive(Debug)]
+enum Ended {
+    Exited(std::process::ExitStatus),
+    Unhealthy(String),
+    SpawnFailed(String),
+    Stop(oneshot::Sender<()>),
+}
+
+async fn run(
+    cfg: BackendConfig,
+    base_dir: PathBuf,
+    backend: Arc<Backend>,
+    state: Arc<AppState>,
+    logs: broadcast::Sender<Arc<str>>,
+    mut control: mpsc::Receiver<Control>,
+) {
+    let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let mut attempt: u32 = 0;
+    let restart_counter = metrics::counter!("scope_router_backend_restarts_total");
+    let crash_loop_gauge = metrics::gauge!("scope_router_backend_crash_loop");
+    loop {
+        let started = Instant::now();
+        let ended = match spawn_child(&cfg, &base_dir, &logs) {
+            Err(e) => Ended::SpawnFailed(e),
+            Ok(mut child) => {
+                let pid = child.id();
+                tracing::info!(pid, command = ?cfg.command, "backend started");
+                let ended = watch(&cfg, &backend, &mut child, &mut control).await;
+                // Whatever happened, nothing of this child's group may outlive it.
+                stop_group(&mut child, pid, &cfg, !matches!(ended, Ended::Exited(_))).await;
+                ended
+            }
+        };
+        backend.readiness.set(false, "restarting");
+        let was_healthy_long = started.elapsed() >= Duration::from_secs(60);
+        let failure = match ended {
+            Ended::Stop(done) => {
+                backend.readiness.set(false, "stopped");
+                let _ = done.send(());
+                return;
+            }
+            Ended::Exited(status) => {
+                tracing::warn!(%status, "backend exited");
+                if cfg.restart.policy == RestartPolicy::Never
+                    || (cfg.restart.policy == RestartPolicy::OnFailure && status.success())
+                {
+                    backend.readiness.set(false, format!("exited ({status}); restart policy is {:?}", cfg.restart.policy));
+                    // Nothing to supervise any more; still honour a stop request.
+                    if let Some(Control::Stop(done)) = control.recv().await {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                format!("exited ({status})")
+            }
+            Ended::Unhealthy(why) => {
+                tracing::warn!(%why, "backend unhealthy; restarting");
+                why
+            }
+            Ended::SpawnFailed(why) => {
+                tracing::error!(%why, "backend could not be started");
+                why
+            }
+        };
+
+        // Crash-loop accounting over the last minute.
+        let now = Instant::now();
+        restarts.push_back(now);
+        while restarts.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+            restarts.pop_front();
+        }
+        let crash_loop = restarts.len() > cfg.restart.max_restarts_per_minute as usize;
+        crash_loop_gauge.set(if crash_loop { 1.0 } else { 0.0 });
+        if crash_loop {
+            tracing::error!(restarts_last_minute = restarts.len(), "backend is crash-looping");
+        }
+        attempt = if was_healthy_long { 0 } else { attempt.saturating_add(1) };
+        let delay = backoff(&cfg, attempt);
+        restart_counter.increment(1);
+        state.supervisor_status.store(Arc::new(Some(json!({
+            "last_failure": failure,
+            "restarts_last_minute": restarts.len(),
+            "crash_loop": crash_loop,
+            "next_restart_in_ms": delay.as_millis() as u64,
+        }))));
+        backend.readiness.set(false, format!("restarting in {} ms after: {failure}", delay.as_millis()));
+        tracing::info!(delay_ms = delay.as_millis() as u64, attempt, "restarting backend");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            Some(Control::Stop(done)) = control.recv() => {
+                backend.readiness.set(false, "stopped");
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Exponential backoff with ±20% jitter.
+fn backoff(cfg: &BackendConfig, attempt: u32) -> Duration {
+    let initial = cfg.restart.backoff.initial.0;
+    let max = cfg.restart.backoff.max.0;
+    let exp = initial.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+    let base = exp.min(max);
+    let jitter = rand::random_range(0.8..1.2);
+    base.mul_f64(jitter).min(max)
+}
+
+/// Probes the child until it exits, stays unhealthy, or a stop is asked for.
+async fn watch(cfg: &BackendConfig, backend: &Backend, child: &mut Child, control: &mut mpsc::Receiver<Control>) -> Ended {
+    let health = &cfg.health;
+    let started = Instant::now();
+    let mut phase = Phase::Starting;
+    let mut failures = 0u32;
+    // Probe often while starting, so readiness follows the child closely.
+    let start_interval = health.interval.0.min(Duration::from_millis(250));
+    let mut next_probe = Instant::now();
+    let mut last_progress = Instant::now();
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return match status {
+                    Ok(s) => Ended::Exited(s),
+                    Err(e) => Ended::Unhealthy(format!("cannot wait for the backend: {e}")),
+                };
+            }
+            msg = control.recv() => {
+                match msg {
+                    Some(Control::Stop(done)) => return Ended::Stop(done),
+                    None => return Ended::Unhealthy("supervisor handle dropped".to_owned()),
+                }
+            }
+            _ = tokio::time::sleep_until(next_probe) => {
+                let ok = backend.probe(&health.path, health.timeout.0).await;
+                match (phase, ok) {
+                    (Phase::Starting, true) => {
+                        phase = Phase::Running;
+                        failures = 0;
+                        tracing::info!(after_ms = started.elapsed().as_millis() as u64, "backend is healthy");
+                        backend.readiness.set(true, "healthy");
+                    }
+                    (Phase::Starting, false) => {
+                        let waited = started.elapsed();
+                        if waited >= health.startup_timeout.0 {
+                            return Ended::Unhealthy(format!("not healthy within {:?}", health.startup_timeout));
+                        }
+                        // A cold GPU start takes minutes: say that we are still waiting.
+                        if last_progress.elapsed() >= Duration::from_secs(10) {
+                            last_progress = Instant::now();
+                            tracing::info!(
+                                waited_s = waited.as_secs(),
+                                timeout_s = health.startup_timeout.0.as_secs(),
+                                "waiting for the backend to become healthy"
+                            );
+                        }
+                        backend.readiness.set(false, format!("starting ({} s)", waited.as_secs()));
+                    }
+                    (Phase::Running, true) => failures = 0,
+                    (Phase::Running, false) => {
+                        failures += 1;
+                        tracing::warn!(failures, "backend health probe failed");
+                        if failures >= health.failure_threshold.max(1) {
+                            return Ended::Unhealthy(format!("{failures} health probes failed in a row"));
+                        }
+                    }
+                }
+                next_probe = Instant::now() + if phase == Phase::Starting { start_interval } else { health.interval.0 };
+            }
+        }
+    }
+}
+
+/// Signals the child's process group, waits for the grace period, then kills what is left.
+async fn stop_group(child: &mut Child, pid: Option<u32>, cfg: &BackendConfig, graceful: bool) {
+    let Some(pgid) = pid.and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw) else {
+        return;
+    };
+    if graceful {
+        let signal = parse_signal(&cfg.stop.signal);
+        let _ = killpg(pgid, signal);
+        if tokio::time::timeout(cfg.stop.grace.0, child.wait()).await.is_err() {
+            tracing::warn!(grace = ?cfg.stop.grace, "backend ignored {signal}; killing");
+        }
+    }
+    // Grandchildren (uv starts python) share the group; none may outlive the child.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait().await;
+}
+
+fn parse_signal(name: &str) -> Signal {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    full.parse().unwrap_or(Signal::SIGTERM)
+}
+
+/// Resolves the program: a bare name is looked for beside this executable first (so `mock-scope`
+/// is found next to `scope-router`), then on PATH.
+fn resolve_program(program: &str) -> PathBuf {
+    if !program.contains('/') {
+        if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)) {
+            let candidate = dir.join(program);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(program)
+}
+
+fn expand_home(v: &str) -> String {
+    match (v.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
+        _ => v.to_owned(),
+    }
+}
+
+fn spawn_child(cfg: &BackendConfig, base_dir: &Path, logs: &broadcast::Sender<Arc<str>>) -> Result<Child, String> {
+    let argv = cfg.command.as_deref().unwrap_or_default();
+    let (program, args) = argv.split_first().ok_or("backend.command is empty")?;
+    let program = resolve_program(program);
+    let mut cmd = Command::new(&program);
+    cmd.args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in &cfg.env {
+        cmd.env(k, expand_home(v));
+    }
+    if let Some(dir) = &cfg.cwd {
+        cmd.current_dir(base_dir.join(dir));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, "stdout", logs.clone(), cfg.logs.exclude.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, "stderr", logs.clone(), cfg.logs.exclude.clone()));
+    }
+    Ok(child)
+}
+
+/// Copies the child's output into tracing and, filtered, to subscribed clients.
+async fn pump(stream: impl AsyncRead + Unpin, which: &'static str, logs: broadcast::Sender<Arc<str>>, exclude: Vec<String>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "backend", stream = which, "{line}");
+        if logs.receiver_count() > 0 && !exclude.iter().any(|x| line.contains(x.as_str())) {
+            let _ = logs.send(Arc::from(line));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut cfg: BackendConfig = serde_json::from_value(json!({"url": "http://x"})).unwrap();
+        cfg.restart.backoff.initial = crate::config::Dur::millis(100);
+        cfg.restart.backoff.max = crate::config::Dur::millis(1000);
+        let d = |n| backoff(&cfg, n).as_millis();
+        assert!((80..=120).contains(&d(1)));
+        assert!((160..=240).contains(&d(2)));
+        assert!((320..=480).contains(&d(3)));
+        assert!(d(10) <= 1000 && d(10) >= 800);
+    }
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal("SIGINT"), Signal::SIGINT);
+        assert_eq!(parse_signal("term"), Signal::SIGTERM);
+        assert_eq!(parse_signal("bogus"), Signal::SIGTERM);
+    }
+}
