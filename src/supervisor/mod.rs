@@ -82,6 +82,9 @@ async fn run(
 ) {
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     let mut attempt: u32 = 0;
+    let mut restarts_total: u64 = 0;
+    let mut last_failure: Option<String> = None;
+    let mut crash_loop = false;
     let restart_counter = metrics::counter!("scope_router_backend_restarts_total");
     let crash_loop_gauge = metrics::gauge!("scope_router_backend_crash_loop");
     loop {
@@ -91,6 +94,12 @@ async fn run(
             Ok(mut child) => {
                 let pid = child.id();
                 tracing::info!(pid, command = ?cfg.command, "backend started");
+                state.supervisor_status.store(Arc::new(Some(json!({
+                    "pid": pid,
+                    "restarts_total": restarts_total,
+                    "last_failure": last_failure,
+                    "crash_loop": crash_loop,
+                }))));
                 let ended = watch(&cfg, &backend, &mut child, &mut control).await;
                 // Whatever happened, nothing of this child's group may outlive it.
                 stop_group(&mut child, pid, &cfg, !matches!(ended, Ended::Exited(_))).await;
@@ -135,7 +144,8 @@ async fn run(
         while restarts.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
             restarts.pop_front();
         }
-        let crash_loop = restarts.len() > cfg.restart.max_restarts_per_minute as usize;
+        crash_loop = restarts.len() > cfg.restart.max_restarts_per_minute as usize;
+        restarts_total += 1;
         crash_loop_gauge.set(if crash_loop { 1.0 } else { 0.0 });
         if crash_loop {
             tracing::error!(restarts_last_minute = restarts.len(), "backend is crash-looping");
@@ -144,11 +154,14 @@ async fn run(
         let delay = backoff(&cfg, attempt);
         restart_counter.increment(1);
         state.supervisor_status.store(Arc::new(Some(json!({
+            "pid": null,
+            "restarts_total": restarts_total,
             "last_failure": failure,
             "restarts_last_minute": restarts.len(),
             "crash_loop": crash_loop,
             "next_restart_in_ms": delay.as_millis() as u64,
         }))));
+        last_failure = Some(failure.clone());
         backend.readiness.set(false, format!("restarting in {} ms after: {failure}", delay.as_millis()));
         tracing::info!(delay_ms = delay.as_millis() as u64, attempt, "restarting backend");
         tokio::select! {
