@@ -35,6 +35,8 @@ enum LogFormat {
 enum Command {
     /// Serve WebSocket clients (the default).
     Serve(ServeArgs),
+    /// Print the JSON Schema of routes.yaml (generated from the config types).
+    Schema,
     /// Check a routes file and every schema it names; exit non-zero on error.
     Validate {
         /// The routes file.
@@ -57,6 +59,12 @@ struct ServeArgs {
     /// Start no backend command; talk to whatever answers at the backend URL.
     #[arg(long)]
     no_supervise: bool,
+    /// Do not watch the routes file and schemas for changes (SIGHUP still reloads).
+    #[arg(long)]
+    no_watch: bool,
+    /// Quiet time after a file change before reloading.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    reload_debounce: Duration,
 }
 
 /// Entry point of the binary.
@@ -65,6 +73,10 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Some(Command::Validate { routes }) => validate(&routes),
+        Some(Command::Schema) => {
+            println!("{}", routes_schema());
+            ExitCode::SUCCESS
+        }
         Some(Command::Serve(args)) => run_serve(args),
         None => run_serve(cli.serve),
     }
@@ -84,6 +96,12 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// The JSON Schema of the routes file, pretty-printed.
+pub fn routes_schema() -> String {
+    let schema = schemars::schema_for!(crate::config::RoutesFile);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
 fn validate(routes: &Path) -> ExitCode {
     let loaded = match crate::config::load(routes) {
         Ok(l) => l,
@@ -92,6 +110,10 @@ fn validate(routes: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = crate::config::reload::url_check(routes, &loaded.file.backend.url) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let backend = Arc::new(Backend::new(&loaded.file.backend.url, &loaded.file.backend.pool));
     match RouteTable::compile(loaded, backend) {
         Ok(table) => {
@@ -138,11 +160,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.backend_url {
         loaded.file.backend.url = url.clone();
     }
+    crate::config::reload::url_check(&args.routes, &loaded.file.backend.url)?;
     let listen = args.listen.clone().unwrap_or_else(|| loaded.file.listen.clone());
+    let started_with = Arc::new(loaded.file.clone());
     let backend_cfg = loaded.file.backend.clone();
     let backend = Arc::new(Backend::new(&backend_cfg.url, &backend_cfg.pool));
     let table = RouteTable::compile(loaded, backend.clone())?;
     let state = AppState::new(table, backend.clone(), metrics);
+
+    let reloader = crate::config::reload::Reloader {
+        state: state.clone(),
+        routes: args.routes.clone(),
+        backend_url_override: args.backend_url.clone(),
+        listen_override: args.listen.clone(),
+        started_with,
+    };
+    crate::config::reload::on_sighup(reloader.clone());
+    if !args.no_watch {
+        crate::config::reload::watch(reloader, args.reload_debounce)?;
+    }
 
     let supervised = backend_cfg.command.is_some() && !args.no_supervise;
     let supervisor = if supervised {
@@ -198,5 +234,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checked_in_routes_schema_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/routes.schema.json");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(
+            checked_in.trim_end(),
+            super::routes_schema(),
+            "schemas/routes.schema.json is stale: run `cargo run -- schema > schemas/routes.schema.json`"
+        );
     }
 }

@@ -62,6 +62,13 @@ async fn ready_is_exactly_type_and_connection_id() {
 }
 
 #[tokio::test]
+async fn auth_token_query_parameter_is_accepted() {
+    let (_m, r) = stack();
+    let mut ws = Ws::connect(&format!("{}?fal_jwt_token=eyJhbGciOiJIUzI1NiJ9.e30.sig", r.ws_url())).await;
+    ws.assert_open().await;
+}
+
+#[tokio::test]
 async fn ping_echoes_string_number_and_object_request_ids_unchanged() {
     let (_m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
@@ -409,6 +416,19 @@ async fn api_backend_error_status_passes_through() {
     ws.assert_open().await;
 }
 
+#[tokio::test]
+async fn api_empty_204_response() {
+    let (_m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let v = ws.call("nc", api("DELETE", "/api/v1/mock/status/204")).await;
+    assert_eq!(v["type"], "api_response", "{v}");
+    assert_eq!(v["status"], 204, "{v}");
+    assert_eq!(v["request_id"], "nc");
+    // No body: empty text (or null), never an error.
+    assert!(v["data"] == json!("") || v["data"].is_null(), "{v}");
+    assert!(v.get("error").is_none(), "{v}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Binary payloads
 
@@ -578,4 +598,37 @@ async fn connections_are_independent() {
     let v = a.reply_to("same").await;
     assert_eq!(v["type"], "api_response");
     assert_eq!(v["data"]["slept_ms"], 1000);
+}
+
+#[tokio::test]
+async fn disconnect_empties_the_assets_dir_before_the_next_ready() {
+    // PROTOCOL.md, "What happens on disconnect": the assets directory (DAYDREAM_SCOPE_ASSETS_DIR) is
+    // emptied on disconnect, and the next connection's `ready` is held back until that is done.
+    let assets = tempfile::tempdir().expect("tempdir");
+    let dir = assets.path().join("assets");
+    let routes = default_routes_with(&[(
+        "DAYDREAM_SCOPE_ASSETS_DIR: /tmp/daydream-scope/assets",
+        &format!("DAYDREAM_SCOPE_ASSETS_DIR: {:?}", dir.display().to_string()),
+    )]);
+    let mut cmd = std::process::Command::new(MOCK);
+    cmd.args(["--listen", "127.0.0.1:0", "--quiet"]).env("DAYDREAM_SCOPE_ASSETS_DIR", &dir);
+    let m = Proc::start(cmd, "mock-scope listening on");
+    let r = router(&routes.path, &m.http(), &[]);
+
+    let mut a = Ws::connect(&r.ws_url()).await;
+    let up = json!({
+        "type": "api", "method": "POST", "path": "/api/v1/assets?filename=private.png",
+        "body": {"_base64_content": b64(b"user A's picture"), "_content_type": "image/png"},
+    });
+    let v = a.call("up", up).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(dir.join("private.png").exists(), "the mock wrote the asset");
+    a.close().await;
+    r.wait_for_line("disconnected").await;
+
+    let _b = Ws::connect(&r.ws_url()).await;
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the previous user's files are visible to the next connection: {left:?}");
 }

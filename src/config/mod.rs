@@ -1,5 +1,6 @@
 //! Loading `routes.yaml`: parse with line and column, resolve paths, and hash what was loaded.
 
+pub mod reload;
 mod types;
 
 use std::fmt;

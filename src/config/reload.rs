@@ -1,0 +1,201 @@
+//! Live reload: watch the routes file and its schemas, rebuild the whole table, check it, and swap it in.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{EventKind, RecursiveMode};
+use tokio::sync::mpsc;
+
+use super::{ConfigError, RoutesFile};
+use crate::route::RouteTable;
+use crate::server::{AppState, ReloadStatus, now_unix};
+
+/// What a reload keeps from the command line and the first load.
+#[derive(Clone)]
+pub struct Reloader {
+    pub state: Arc<AppState>,
+    pub routes: PathBuf,
+    /// `--backend-url`, which wins over the file on every reload.
+    pub backend_url_override: Option<String>,
+    /// `--listen`, if given (then a changed `listen` in the file is no news).
+    pub listen_override: Option<String>,
+    /// The file as the process started with it: fields that only apply on restart are compared to it.
+    pub started_with: Arc<RoutesFile>,
+}
+
+/// The result of one reload attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied { version: String },
+    Unchanged,
+    Failed(String),
+}
+
+impl Reloader {
+    /// Loads, compiles and checks the files; swaps the table in on success, keeps the old one otherwise.
+    pub fn reload(&self, why: &str) -> Outcome {
+        let result = self.build();
+        let mut status = ReloadStatus {
+            last_attempt_unix: Some(now_unix()),
+            ..ReloadStatus::clone(&self.state.reload.load())
+        };
+        let outcome = match result {
+            Ok(table) => {
+                let current = self.state.table.load();
+                if table.version == current.version {
+                    status.last_error = None;
+                    Outcome::Unchanged
+                } else {
+                    let pending = self.restart_only_changes(&table.source.file);
+                    if !pending.is_empty() {
+                        tracing::warn!(fields = ?pending, "changed fields apply on restart only; the rest is live");
+                    }
+                    let backend_cfg = &table.source.file.backend;
+                    self.state.backend.set_base(&backend_cfg.url, &backend_cfg.pool);
+                    let version = table.version.clone();
+                    tracing::info!(%version, previous = %current.version, %why, "routes reloaded");
+                    self.state.table.store(Arc::new(table));
+                    status.last_error = None;
+                    status.pending_restart = pending;
+                    Outcome::Applied { version }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, %why, "reload failed; keeping the running routes");
+                status.last_error = Some(e.to_string());
+                Outcome::Failed(e.to_string())
+            }
+        };
+        let label = match &outcome {
+            Outcome::Applied { .. } => "ok",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Failed(_) => "error",
+        };
+        metrics::counter!("scope_router_reload_total", "result" => label).increment(1);
+        self.state.reload.store(Arc::new(status));
+        outcome
+    }
+
+    fn build(&self) -> Result<RouteTable, ConfigError> {
+        let mut loaded = super::load(&self.routes)?;
+        if let Some(url) = &self.backend_url_override {
+            loaded.file.backend.url = url.clone();
+        }
+        url_check(&self.routes, &loaded.file.backend.url)?;
+        RouteTable::compile(loaded, self.state.backend.clone())
+    }
+
+    /// Names of changed fields that a running process cannot apply.
+    fn restart_only_changes(&self, new: &RoutesFile) -> Vec<String> {
+        let old = &self.started_with;
+        let mut out = Vec::new();
+        let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        if self.listen_override.is_none() && old.listen != new.listen {
+            out.push("listen".to_owned());
+        }
+        let (a, b) = (&old.backend, &new.backend);
+        for (name, changed) in [
+            ("backend.command", differs(&a.command, &b.command)),
+            ("backend.cwd", differs(&a.cwd, &b.cwd)),
+            ("backend.env", differs(&a.env, &b.env)),
+            ("backend.health", differs(&a.health, &b.health)),
+            ("backend.restart", differs(&a.restart, &b.restart)),
+            ("backend.stop", differs(&a.stop, &b.stop)),
+            ("backend.logs.exclude", differs(&a.logs.exclude, &b.logs.exclude)),
+            ("backend.logs.queue", a.logs.queue != b.logs.queue),
+            (
+                "backend.pool",
+                a.pool.max_idle != b.pool.max_idle || a.pool.idle_timeout != b.pool.idle_timeout,
+            ),
+            ("static_files", differs(&old.static_files, &new.static_files)),
+        ] {
+            if changed {
+                out.push(name.to_owned());
+            }
+        }
+        out
+    }
+}
+
+/// The backend URL must be a plain `http://host:port` base.
+pub fn url_check(routes: &Path, url: &str) -> Result<(), ConfigError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| ConfigError::new(routes, format!("backend.url {url:?}: {e}")))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(ConfigError::new(
+            routes,
+            format!("backend.url {url:?}: must be an http:// URL with a host"),
+        ));
+    }
+    Ok(())
+}
+
+/// Watches the routes file's directory and the schema directory; reloads after a quiet `debounce`.
+///
+/// Directories, not files, are watched: editors save by renaming a temporary
+/// file over the old one, and Kubernetes swaps a symlink, and both replace the
+/// inode a file watch would be holding.
+pub fn watch(reloader: Reloader, debounce: Duration) -> Result<(), ConfigError> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        debounce,
+        Some(debounce / 4),
+        move |res: notify_debouncer_full::DebounceEventResult| {
+            let relevant = match res {
+                Ok(events) => events.iter().any(|e| !matches!(e.kind, EventKind::Access(_))),
+                Err(_) => true,
+            };
+            if relevant {
+                // A full channel means a reload is already pending: coalesce.
+                let _ = tx.try_send(());
+            }
+        },
+    )
+    .map_err(|e| ConfigError::new(&reloader.routes, format!("cannot watch: {e}")))?;
+    for dir in watch_dirs(&reloader) {
+        debouncer
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|e| ConfigError::new(&dir, format!("cannot watch: {e}")))?;
+        tracing::info!(dir = %dir.display(), ?debounce, "watching for changes");
+    }
+    tokio::spawn(async move {
+        // The debouncer stops when dropped: it lives as long as this task.
+        let _debouncer = debouncer;
+        while rx.recv().await.is_some() {
+            let r = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload("file change")).await;
+        }
+    });
+    Ok(())
+}
+
+fn watch_dirs(r: &Reloader) -> Vec<PathBuf> {
+    let table = r.state.table.load();
+    let routes_dir = absolute(r.routes.parent().unwrap_or(Path::new(".")));
+    let schema_dir = absolute(&table.source.schema_dir);
+    let mut dirs = vec![routes_dir];
+    if !dirs.contains(&schema_dir) {
+        dirs.push(schema_dir);
+    }
+    dirs
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// Reloads on SIGHUP.
+pub fn on_sighup(reloader: Reloader) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let r = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
+        }
+    });
+}
