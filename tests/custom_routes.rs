@@ -225,6 +225,7 @@ routes:
 #[tokio::test]
 async fn route_on_json_pointer() {
     let routes = TempRoutes::new(POINTER_ROUTES);
+    std::fs::create_dir_all(routes.dir.path().join("schemas")).expect("mkdir");
     let m = mock(&[]);
     let r = router(&routes.path, &m.http(), &[]);
     let mut ws = Ws::connect(&r.ws_url()).await;
@@ -253,4 +254,23 @@ async fn route_on_json_pointer() {
     }
     let v = ws.call("h2", json!({"meta": {"kind": "hello", "who": "Grace"}})).await;
     assert_eq!(v["who"], "Grace");
+}
+
+#[tokio::test]
+async fn routes_file_that_names_no_schema_needs_no_schemas_dir() {
+    // `schemas:` defaults to `schemas`; a file whose routes name no schema must not need that directory
+    // (`validate` accepts it, so `serve` must too).
+    let routes = TempRoutes::new(POINTER_ROUTES);
+    assert!(!routes.dir.path().join("schemas").exists());
+    let out = Command::new(ROUTER)
+        .args(["validate", "--routes"])
+        .arg(&routes.path)
+        .output()
+        .expect("run validate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = mock(&[]);
+    let r = router(&routes.path, &m.http(), &[]);
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let v = ws.call("h", json!({"meta": {"kind": "hello", "who": "Ada"}})).await;
+    assert_eq!(v["type"], "hi", "{v}");
 }

@@ -1,4 +1,5 @@
 //! Every row of the protocol table, served by the default routes.yaml in front of mock-scope.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 

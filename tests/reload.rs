@@ -1,4 +1,5 @@
 //! Live reload of routes.yaml and schemas: checked swaps, no lost messages, errors shown with their line.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 

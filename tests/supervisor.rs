@@ -1,4 +1,5 @@
 //! The supervised backend: real child processes started, probed, killed, restarted and stopped by the router.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 

@@ -275,12 +275,12 @@ fn parse_signal(name: &str) -> Signal {
 /// Resolves the program: a bare name is looked for beside this executable first (so `mock-scope`
 /// is found next to `scope-router`), then on PATH.
 fn resolve_program(program: &str) -> PathBuf {
-    if !program.contains('/') {
-        if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)) {
-            let candidate = dir.join(program);
-            if candidate.is_file() {
-                return candidate;
-            }
+    if !program.contains('/')
+        && let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned))
+    {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return candidate;
         }
     }
     PathBuf::from(program)

@@ -1,4 +1,5 @@
 //! Test harness: start the real `scope-router` and `mock-scope` binaries on free ports and talk to them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -52,13 +53,11 @@ impl Proc {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if line.contains(&marker) {
-                        if let Some(rest) = line.split("http://").nth(1) {
-                            let addr = rest.split_whitespace().next().unwrap_or("");
-                            if let Ok(a) = addr.parse() {
-                                let _ = tx.send(a);
-                            }
-                        }
+                    if line.contains(&marker)
+                        && let Some(rest) = line.split("http://").nth(1)
+                        && let Ok(a) = rest.split_whitespace().next().unwrap_or("").parse()
+                    {
+                        let _ = tx.send(a);
                     }
                     lines.lock().unwrap().push(line);
                 }
