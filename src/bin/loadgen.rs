@@ -1,0 +1,2 @@
+//! Load generator for the benchmark (placeholder until the benchmark lands).
+fn main() {}
