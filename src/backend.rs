@@ -126,7 +126,22 @@ impl Backend {
             s.parse()
                 .map_err(|e| BackendError::BadRequest(format!("{e}")))?
         };
+        self.send(method, uri, body, &[], timeout).await
+    }
+
+    /// One call to any http:// URL through the same pool (authorizers, cleanup hooks).
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: Uri,
+        body: Option<(Bytes, &str)>,
+        headers: &[(header::HeaderName, String)],
+        timeout: Duration,
+    ) -> Result<BackendResponse, BackendError> {
         let mut req = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
         let body = match body {
             Some((bytes, content_type)) => {
                 req = req.header(header::CONTENT_TYPE, content_type);

@@ -243,9 +243,8 @@ mod tests {
     fn checked_in_routes_schema_is_current() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/routes.schema.json");
         let checked_in = std::fs::read_to_string(path).unwrap_or_default();
-        assert_eq!(
-            checked_in.trim_end(),
-            super::routes_schema(),
+        assert!(
+            checked_in.trim_end() == super::routes_schema(),
             "schemas/routes.schema.json is stale: run `cargo run -- schema > schemas/routes.schema.json`"
         );
     }

@@ -92,6 +92,10 @@ pub enum ProtocolError {
     BackendUnavailable,
     #[error("Max duration exceeded")]
     MaxDuration,
+    #[error("Rate limit exceeded: slow down")]
+    RateLimited,
+    #[error("Idle timeout: no message received")]
+    IdleTimeout,
 }
 
 impl ProtocolError {
@@ -102,6 +106,8 @@ impl ProtocolError {
             ProtocolError::TooManyInFlight(_) => Some("TOO_MANY_IN_FLIGHT"),
             ProtocolError::BackendUnavailable => Some("BACKEND_UNAVAILABLE"),
             ProtocolError::MaxDuration => Some("MAX_DURATION_EXCEEDED"),
+            ProtocolError::RateLimited => Some("RATE_LIMITED"),
+            ProtocolError::IdleTimeout => Some("IDLE_TIMEOUT"),
             ProtocolError::Validation(_) => Some("VALIDATION_FAILED"),
             _ => None,
         }

@@ -5,7 +5,9 @@
 //! [`handler`]), and the reply goes back out. [`config`] loads what [`route`]
 //! compiles; the data path only reads the table it publishes.
 
+pub mod auth;
 pub mod backend;
+pub mod cleanup;
 pub mod cli;
 pub mod codec;
 pub mod config;

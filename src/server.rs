@@ -42,6 +42,10 @@ pub struct AppState {
     pub connections_total: AtomicU64,
     /// Backend log lines for clients that asked for them (a lagging client loses the oldest).
     pub logs: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Connections admitted and not yet in cleanup (checked against `max_connections`).
+    pub serving: std::sync::atomic::AtomicUsize,
+    /// Connections running their disconnect steps; a `ready` may wait for zero.
+    pub cleaning: watch::Sender<usize>,
     /// Connections being served right now (including their disconnect hooks).
     pub open_sessions: std::sync::atomic::AtomicUsize,
 }
@@ -60,6 +64,8 @@ impl AppState {
             supervisor_status: ArcSwap::from_pointee(None),
             connections_total: AtomicU64::new(0),
             open_sessions: std::sync::atomic::AtomicUsize::new(0),
+            serving: std::sync::atomic::AtomicUsize::new(0),
+            cleaning: watch::channel(0).0,
             logs,
         })
     }
@@ -110,7 +116,12 @@ pub fn app(state: Arc<AppState>) -> Router {
     router.with_state(state)
 }
 
-async fn ws(State(state): State<Arc<AppState>>, RawQuery(_query): RawQuery, upgrade: WebSocketUpgrade) -> Response {
+async fn ws(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let max = state.table.load().connection.max_message_bytes;
     let shutdown = state.shutdown.subscribe();
     if *shutdown.borrow() {
@@ -122,7 +133,11 @@ async fn ws(State(state): State<Arc<AppState>>, RawQuery(_query): RawQuery, upgr
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let conn = Arc::new(ConnCtx::new(ConnCtx::new_id()));
-            session::serve(socket, state, conn, shutdown)
+            let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let upgrade = session::Upgrade {
+                token: crate::auth::token_from(query.as_deref(), authorization),
+            };
+            session::serve(socket, state, conn, upgrade, shutdown)
         })
 }
 

@@ -1,2 +1,744 @@
-//! Load generator for the benchmark (placeholder until the benchmark lands).
-fn main() {}
+//! `loadgen`: the benchmark's closed-loop load generator (WebSocket through the router, HTTP straight to the backend, idle connections).
+//!
+//! Every worker owns one connection and keeps exactly one request in flight: send, await the
+//! reply, record the latency, repeat. Latencies go into one HDR histogram per worker (merged at
+//! the end), and each run prints one JSON line on stdout:
+//!
+//! ```text
+//! loadgen ws   --url ws://127.0.0.1:8080/ws --conns 50 --duration 5s --warmup 1s --mix api
+//! loadgen http --url http://127.0.0.1:8000  --conns 50 --duration 5s --warmup 1s --mix api
+//! loadgen idle --url ws://127.0.0.1:8080/ws --conns 10000          # holds until stdin closes
+//! ```
+//!
+//! The `http` mode sends what the router would send for the same `ws` mix, so the two runs can be
+//! compared side by side. The generator measures its own CPU per message (`loadgen_cpu_us_per_msg`)
+//! because it shares the machine with what it measures.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+/// Lowest and highest latency the histograms track, in nanoseconds (3 significant figures).
+const HIST_LOW_NS: u64 = 100;
+const HIST_HIGH_NS: u64 = 60_000_000_000;
+/// How long one reply may take before the worker gives up on its connection.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Linux reports process CPU time in clock ticks of 1/100 s (`USER_HZ`) on every mainstream architecture.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Closed-loop load generator for the scope-router benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// N WebSocket connections sending the message mix through scope-router.
+    Ws(RunArgs),
+    /// N keep-alive HTTP connections making the equivalent calls straight to the backend.
+    Http(HttpArgs),
+    /// Open N WebSocket connections, wait for `ready` on each, then hold them idle.
+    Idle(IdleArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct RunArgs {
+    /// `ws://host:port/ws` for `ws`, the backend base URL `http://host:port` for `http`.
+    #[arg(long)]
+    url: String,
+    /// Concurrent connections, one closed-loop worker each.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Measured time, after the warm-up.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time spent sending before measuring starts (nothing recorded).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// What each worker sends.
+    #[arg(long, value_enum, default_value_t = Mix::Ping)]
+    mix: Mix,
+    /// Tokio worker threads of the generator itself.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Copied into the output line, to tell rows apart.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Debug, Clone, Args)]
+struct HttpArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// `conn`: one dedicated keep-alive connection per worker (hyper's connection API, the
+    /// lightest client); `pool`: hyper-util's pooled client shared by every worker (what the
+    /// router itself uses to reach the backend).
+    #[arg(long, value_enum, default_value_t = HttpClientKind::Conn)]
+    client: HttpClientKind,
+}
+
+#[derive(Debug, Clone, Args)]
+struct IdleArgs {
+    /// `ws://host:port/ws`.
+    #[arg(long)]
+    url: String,
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 10_000)]
+    conns: usize,
+    /// Handshakes in progress at once.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Hold this long, then exit; without it, hold until stdin reaches end of file.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    hold: Option<Duration>,
+    /// Tokio worker threads of the generator itself.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mix {
+    /// `ping` (local reply); over HTTP, `GET /health`.
+    Ping,
+    /// `ping_noschema`, the same route without a schema (needs `benches/routes.yaml`).
+    #[value(name = "ping_noschema")]
+    PingNoschema,
+    /// `api` `GET /api/v1/pipeline/status`.
+    Api,
+    /// api GET and POST, get_ice_servers and icecandidate, after one offer per connection.
+    Mix,
+}
+
+impl Mix {
+    fn name(self) -> &'static str {
+        match self {
+            Mix::Ping => "ping",
+            Mix::PingNoschema => "ping_noschema",
+            Mix::Api => "api",
+            Mix::Mix => "mix",
+        }
+    }
+
+    fn ops(self) -> &'static [Op] {
+        match self {
+            Mix::Ping => &[Op::Ping],
+            Mix::PingNoschema => &[Op::PingNoschema],
+            Mix::Api => &[Op::ApiGet(STATUS_PATH)],
+            Mix::Mix => &MIX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HttpClientKind {
+    Conn,
+    Pool,
+}
+
+const STATUS_PATH: &str = "/api/v1/pipeline/status";
+const OFFER_PATH: &str = "/api/v1/webrtc/offer";
+const ICE_SERVERS_PATH: &str = "/api/v1/webrtc/ice-servers";
+const CANDIDATE: &str = r#"{"candidate":"candidate:1 1 UDP 2122252543 192.0.2.10 54400 typ host","sdpMid":"0","sdpMLineIndex":0}"#;
+const OFFER_SDP: &str = "v=0\\r\\no=- 4611731400430051336 2 IN IP4 127.0.0.1\\r\\ns=-\\r\\nt=0 0\\r\\na=group:BUNDLE 0\\r\\nm=video 9 UDP/TLS/RTP/SAVPF 96\\r\\nc=IN IP4 0.0.0.0\\r\\na=mid:0\\r\\na=sendrecv\\r\\na=rtpmap:96 VP8/90000\\r\\n";
+
+/// The realistic mix, cycled by every worker (one offer first): 5 api GET, 1 api POST,
+/// 1 get_ice_servers, 3 icecandidate, the proportions of a client that trickles ICE while
+/// polling the pipeline.
+const MIX: [Op; 10] = [
+    Op::ApiGet(STATUS_PATH),
+    Op::IceCandidate,
+    Op::ApiGet("/api/v1/hardware/info"),
+    Op::IceCandidate,
+    Op::ApiPost(
+        "/api/v1/models/download",
+        r#"{"pipeline_id":"passthrough"}"#,
+    ),
+    Op::IceServers,
+    Op::ApiGet(STATUS_PATH),
+    Op::IceCandidate,
+    Op::ApiGet("/api/v1/lora/list"),
+    Op::ApiGet(STATUS_PATH),
+];
+
+/// One request of a mix, in both its WebSocket and its HTTP form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Ping,
+    PingNoschema,
+    ApiGet(&'static str),
+    ApiPost(&'static str, &'static str),
+    IceServers,
+    IceCandidate,
+}
+
+impl Op {
+    /// The WebSocket message, with a numeric `request_id`.
+    fn ws_message(self, request_id: u64) -> String {
+        match self {
+            Op::Ping => format!(r#"{{"type":"ping","request_id":{request_id}}}"#),
+            Op::PingNoschema => format!(r#"{{"type":"ping_noschema","request_id":{request_id}}}"#),
+            Op::ApiGet(path) => format!(
+                r#"{{"type":"api","method":"GET","path":"{path}","request_id":{request_id}}}"#
+            ),
+            Op::ApiPost(path, body) => format!(
+                r#"{{"type":"api","method":"POST","path":"{path}","body":{body},"request_id":{request_id}}}"#
+            ),
+            Op::IceServers => format!(r#"{{"type":"get_ice_servers","request_id":{request_id}}}"#),
+            Op::IceCandidate => format!(
+                r#"{{"type":"icecandidate","candidate":{CANDIDATE},"request_id":{request_id}}}"#
+            ),
+        }
+    }
+
+    /// Whether a WebSocket reply is the success this request should get (a substring check:
+    /// the generator must stay cheap).
+    fn ws_ok(self, reply: &str) -> bool {
+        match self {
+            Op::Ping | Op::PingNoschema => reply.contains(r#""pong""#),
+            Op::ApiGet(_) | Op::ApiPost(..) | Op::IceServers => {
+                reply.contains(r#""status":200"#) && !reply.contains(r#""type":"error""#)
+            }
+            Op::IceCandidate => reply.contains(r#""icecandidate_ack""#),
+        }
+    }
+
+    /// The equivalent backend call: method, path, body, and the status that means success.
+    fn http(self, session_path: &str) -> (Method, &str, Option<String>, StatusCode) {
+        match self {
+            Op::Ping | Op::PingNoschema => (Method::GET, "/health", None, StatusCode::OK),
+            Op::ApiGet(path) => (Method::GET, path, None, StatusCode::OK),
+            Op::ApiPost(path, body) => (Method::POST, path, Some(body.to_owned()), StatusCode::OK),
+            Op::IceServers => (Method::GET, ICE_SERVERS_PATH, None, StatusCode::OK),
+            Op::IceCandidate => (
+                Method::PATCH,
+                session_path,
+                Some(format!(r#"{{"candidates":[{CANDIDATE}]}}"#)),
+                StatusCode::NO_CONTENT,
+            ),
+        }
+    }
+}
+
+/// When recording starts and when sending stops, shared by every worker.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    record_from: Instant,
+    end: Instant,
+}
+
+/// What one worker measured.
+struct WorkerResult {
+    hist: Histogram<u32>,
+    msgs: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Set when the worker's connection failed and it stopped early.
+    failed: Option<String>,
+}
+
+impl WorkerResult {
+    fn new() -> Result<WorkerResult> {
+        Ok(WorkerResult {
+            hist: Histogram::new_with_bounds(HIST_LOW_NS, HIST_HIGH_NS, 3)
+                .context("cannot create a histogram")?,
+            msgs: 0,
+            errors: 0,
+            first_error: None,
+            failed: None,
+        })
+    }
+
+    /// Records one exchange if it started inside the measured window.
+    fn record(&mut self, plan: &Plan, started: Instant, ok: bool, reply: impl FnOnce() -> String) {
+        if started < plan.record_from {
+            return;
+        }
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Out-of-range values are clamped rather than dropped, so every message counts.
+        let _ = self.hist.record(ns.clamp(HIST_LOW_NS, HIST_HIGH_NS));
+        self.msgs += 1;
+        if !ok {
+            self.errors += 1;
+            if self.first_error.is_none() {
+                self.first_error = Some(reply());
+            }
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let threads = match &cli.mode {
+        Mode::Ws(a) => a.threads,
+        Mode::Http(a) => a.run.threads,
+        Mode::Idle(a) => a.threads,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.mode {
+            Mode::Ws(args) => run(args, Transport::Ws).await,
+            Mode::Http(args) => {
+                let kind = args.client;
+                run(args.run, Transport::Http(kind)).await
+            }
+            Mode::Idle(args) => idle(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    Ws,
+    Http(HttpClientKind),
+}
+
+/// Runs one measurement and prints its JSON line.
+async fn run(args: RunArgs, transport: Transport) -> Result<()> {
+    if args.conns == 0 {
+        bail!("--conns must be at least 1");
+    }
+    let target = Target::parse(&args.url)?;
+    let pool = match transport {
+        Transport::Http(HttpClientKind::Pool) => Some(pool_client(args.conns)),
+        _ => None,
+    };
+
+    // Connect everything first, so the warm-up measures traffic rather than handshakes.
+    let mut connecting = JoinSet::new();
+    for _ in 0..args.conns {
+        let target = target.clone();
+        let pool = pool.clone();
+        let mix = args.mix;
+        connecting.spawn(async move {
+            match transport {
+                Transport::Ws => Conn::ws(&target, mix).await,
+                Transport::Http(_) => Conn::http(&target, pool, mix).await,
+            }
+        });
+    }
+    let mut conns = Vec::with_capacity(args.conns);
+    while let Some(joined) = connecting.join_next().await {
+        conns.push(joined.context("connect task panicked")??);
+    }
+
+    let start = Instant::now();
+    let plan = Plan {
+        record_from: start + args.warmup,
+        end: start + args.warmup + args.duration,
+    };
+    let mut workers = JoinSet::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        workers.spawn(worker(conn, args.mix, plan, i));
+    }
+
+    tokio::time::sleep_until(plan.record_from.into()).await;
+    let cpu_from = own_cpu_seconds();
+    tokio::time::sleep_until(plan.end.into()).await;
+    let cpu_to = own_cpu_seconds();
+
+    let mut total = WorkerResult::new()?;
+    let mut failures = Vec::new();
+    while let Some(joined) = workers.join_next().await {
+        let r = joined.context("worker panicked")??;
+        total.hist.add(&r.hist).context("merging histograms")?;
+        total.msgs += r.msgs;
+        total.errors += r.errors;
+        if total.first_error.is_none() {
+            total.first_error = r.first_error;
+        }
+        if let Some(f) = r.failed {
+            failures.push(f);
+        }
+    }
+
+    let secs = args.duration.as_secs_f64();
+    let us = |q: f64| total.hist.value_at_quantile(q) as f64 / 1000.0;
+    let cpu = match (cpu_from, cpu_to) {
+        (Some(a), Some(b)) if total.msgs > 0 => {
+            Value::from(round2((b - a) * 1e6 / total.msgs as f64))
+        }
+        _ => Value::Null,
+    };
+    let mode = match transport {
+        Transport::Ws => "ws",
+        Transport::Http(_) => "http",
+    };
+    let line = json!({
+        "label": args.label,
+        "mode": mode,
+        "mix": args.mix.name(),
+        "conns": args.conns,
+        "threads": args.threads,
+        "msgs": total.msgs,
+        "errors": total.errors,
+        "worker_failures": failures.len(),
+        "duration_s": secs,
+        "throughput": round2(total.msgs as f64 / secs),
+        "p50_us": round2(us(0.5)),
+        "p90_us": round2(us(0.9)),
+        "p99_us": round2(us(0.99)),
+        "p999_us": round2(us(0.999)),
+        "max_us": round2(total.hist.max() as f64 / 1000.0),
+        "mean_us": round2(total.hist.mean() / 1000.0),
+        "loadgen_cpu_us_per_msg": cpu,
+    });
+    print_line(&line.to_string());
+    if let Some(e) = &total.first_error {
+        eprintln!("loadgen: {} error replies; first: {e}", total.errors);
+    }
+    if let Some(f) = failures.first() {
+        eprintln!(
+            "loadgen: {} workers stopped early; first: {f}",
+            failures.len()
+        );
+    }
+    if total.msgs == 0 {
+        bail!("no message completed in the measured window");
+    }
+    Ok(())
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// This process's user + system CPU time, in seconds.
+fn own_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may contain spaces; the fields after it are space-separated.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    // After ")" come state (field 3) … utime (14) and stime (15).
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / CLOCK_TICKS_PER_SEC)
+}
+
+/// Where to connect, from `--url`.
+#[derive(Debug, Clone)]
+struct Target {
+    url: Arc<str>,
+    /// `host:port`, for the TCP connect and the `Host` header.
+    authority: Arc<str>,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target> {
+        let uri: Uri = url.parse().with_context(|| format!("bad --url {url:?}"))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow!("--url {url:?} has no host"))?;
+        let port = match (authority.port_u16(), uri.scheme_str()) {
+            (Some(p), _) => p,
+            (None, Some("ws" | "http")) => 80,
+            (None, _) => bail!("--url {url:?}: only ws:// and http:// are supported"),
+        };
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(Target {
+            url: Arc::from(url.trim_end_matches('/')),
+            authority: Arc::from(authority),
+        })
+    }
+
+    async fn tcp(&self) -> Result<TcpStream> {
+        let stream = TcpStream::connect(&*self.authority)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.authority))?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        Ok(stream)
+    }
+}
+
+/// Small buffers: generator messages are tiny, and 10,000 idle connections should cost the
+/// generator little memory.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket and waits for the router's `ready`.
+async fn ws_connect(target: &Target) -> Result<Ws> {
+    let tcp = target.tcp().await?;
+    let (mut ws, _) = client_async_with_config(&*target.url, tcp, Some(ws_config()))
+        .await
+        .with_context(|| format!("WebSocket handshake with {} failed", target.url))?;
+    let first = next_text(&mut ws).await?;
+    if !first.contains(r#""ready""#) {
+        bail!("expected a ready message first, got {first}");
+    }
+    Ok(ws)
+}
+
+/// The next text frame (control frames are skipped; a close or an error ends the run).
+async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        let frame = tokio::time::timeout(REPLY_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| anyhow!("no reply within {REPLY_TIMEOUT:?}"))?;
+        match frame {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(c))) => bail!("server closed the connection: {c:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e).context("WebSocket read failed"),
+            None => bail!("connection closed"),
+        }
+    }
+}
+
+/// A pooled client shared by every worker (`--client pool`).
+#[derive(Clone)]
+struct Pool {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+fn pool_client(conns: usize) -> Pool {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(conns)
+        .build(connector);
+    Pool { client }
+}
+
+/// One worker's connection, already set up (WebSocket `ready` received; offer made for the mix).
+enum Conn {
+    Ws(Box<Ws>),
+    Http(HttpConn),
+}
+
+struct HttpConn {
+    target: Target,
+    client: HttpClient,
+    /// `/api/v1/webrtc/offer/<id>` of this worker's session, for the mix.
+    session_path: String,
+}
+
+enum HttpClient {
+    Dedicated(SendRequest<Full<Bytes>>),
+    Pooled(Pool),
+}
+
+impl Conn {
+    async fn ws(target: &Target, mix: Mix) -> Result<Conn> {
+        let mut ws = ws_connect(target).await?;
+        if mix == Mix::Mix {
+            let offer = format!(r#"{{"type":"offer","sdp":"{OFFER_SDP}","request_id":"offer"}}"#);
+            ws.send(Message::text(offer))
+                .await
+                .context("sending the offer")?;
+            let answer = next_text(&mut ws).await?;
+            if !answer.contains(r#""answer""#) {
+                bail!("offer failed: {answer}");
+            }
+        }
+        Ok(Conn::Ws(Box::new(ws)))
+    }
+
+    async fn http(target: &Target, pool: Option<Pool>, mix: Mix) -> Result<Conn> {
+        let client = match pool {
+            Some(p) => HttpClient::Pooled(p),
+            None => {
+                let tcp = target.tcp().await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .context("HTTP handshake")?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                HttpClient::Dedicated(sender)
+            }
+        };
+        let mut conn = HttpConn {
+            target: target.clone(),
+            client,
+            session_path: String::new(),
+        };
+        if mix == Mix::Mix {
+            let body = format!(r#"{{"sdp":"{OFFER_SDP}","type":"offer"}}"#);
+            let (status, answer) = conn.call(Method::POST, OFFER_PATH, Some(body)).await?;
+            let id = serde_json::from_slice::<Value>(&answer)
+                .ok()
+                .and_then(|v| v.get("sessionId").and_then(Value::as_str).map(str::to_owned));
+            match (status, id) {
+                (StatusCode::OK, Some(id)) => conn.session_path = format!("{OFFER_PATH}/{id}"),
+                _ => bail!(
+                    "offer failed: {status} {}",
+                    String::from_utf8_lossy(&answer)
+                ),
+            }
+        }
+        Ok(Conn::Http(conn))
+    }
+}
+
+impl HttpConn {
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let uri = match self.client {
+            HttpClient::Dedicated(_) => path.to_owned(),
+            HttpClient::Pooled(_) => format!("{}{path}", self.target.url),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(HOST, &*self.target.authority);
+        let body = match body {
+            Some(b) => {
+                req = req.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(b))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let req = req.body(body).context("building the request")?;
+        let call = async {
+            let resp = match &mut self.client {
+                HttpClient::Dedicated(sender) => {
+                    sender.ready().await.context("connection closed")?;
+                    sender.send_request(req).await.context("HTTP request")?
+                }
+                HttpClient::Pooled(pool) => pool.client.request(req).await.context("HTTP request")?,
+            };
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .context("reading the body")?
+                .to_bytes();
+            Ok::<_, anyhow::Error>((status, body))
+        };
+        tokio::time::timeout(REPLY_TIMEOUT, call)
+            .await
+            .map_err(|_| anyhow!("no reply within {REPLY_TIMEOUT:?}"))?
+    }
+
+    /// Closes the worker's WebRTC session, as the router does when a WebSocket closes.
+    async fn close_session(&mut self) {
+        if !self.session_path.is_empty() {
+            let path = std::mem::take(&mut self.session_path);
+            let _ = self.call(Method::DELETE, &path, None).await;
+        }
+    }
+}
+
+/// One closed-loop worker: its connection, one request in flight, until the plan ends.
+async fn worker(conn: Conn, mix: Mix, plan: Plan, index: usize) -> Result<WorkerResult> {
+    let mut result = WorkerResult::new()?;
+    let ops = mix.ops();
+    // Workers start at different points of the mix so the backend sees the blend at once.
+    let mut i = index;
+    let mut request_id: u64 = 0;
+    match conn {
+        Conn::Ws(mut ws) => {
+            while Instant::now() < plan.end {
+                let Some(op) = ops.get(i % ops.len()).copied() else {
+                    break;
+                };
+                i += 1;
+                request_id += 1;
+                let msg = Message::text(op.ws_message(request_id));
+                let started = Instant::now();
+                let reply = match ws.send(msg).await {
+                    Ok(()) => next_text(&mut ws).await,
+                    Err(e) => Err(anyhow::Error::new(e).context("WebSocket send failed")),
+                };
+                match reply {
+                    Ok(text) => {
+                        let ok = op.ws_ok(&text);
+                        result.record(&plan, started, ok, || text);
+                    }
+                    Err(e) => {
+                        result.failed = Some(format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+            let _ = ws.close(None).await;
+        }
+        Conn::Http(mut conn) => {
+            while Instant::now() < plan.end {
+                let Some(op) = ops.get(i % ops.len()).copied() else {
+                    break;
+                };
+                i += 1;
+                let (method, path, body, expect) = op.http(&conn.session_path);
+                let path = path.to_owned();
+                let started = Instant::now();
+                match conn.call(method, &path, body).await {
+                    Ok((status, body)) => {
+                        let ok = status == expect;
+                        result.record(&plan, started, ok, || {
+                            format!("{status} {}", String::from_utf8_lossy(&body))
+                        });
+                    }
+                    Err(e) => {
+                        result.failed = Some(format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+            conn.close_session().await;
+        }
+    }
+    Ok(result)
+}

@@ -236,6 +236,18 @@ pub struct ConnectionConfig {
     pub max_duration: Option<Dur>,
     /// Time allowed for in-flight messages to finish after the client has gone, before the disconnect hooks run.
     pub drain_timeout: Dur,
+    /// Most connections served at once; more get a `TOO_MANY_CONNECTIONS` error and close code 1013.
+    pub max_connections: usize,
+    /// Per-connection message rate; messages over it get a `RATE_LIMITED` error.
+    pub rate: Option<RateConfig>,
+    /// Close a connection that sent nothing (not even a ping) for this long.
+    pub idle_timeout: Option<Dur>,
+    /// Close a client that does not read its replies for this long.
+    pub write_timeout: Dur,
+    /// Send WebSocket ping frames this often and close a peer that stops answering.
+    pub keepalive: Option<KeepaliveConfig>,
+    /// Who may connect.
+    pub auth: AuthConfig,
     /// Sent right after the upgrade (a reply template; `connection.*` is available).
     pub on_connect: Option<Value>,
     /// Steps run when the connection ends.
@@ -250,18 +262,56 @@ impl Default for ConnectionConfig {
             max_in_flight: 64,
             max_duration: Some(Dur::secs(2 * 60 * 60)),
             drain_timeout: Dur::secs(10),
+            max_connections: 1024,
+            rate: None,
+            idle_timeout: None,
+            write_timeout: Dur::secs(30),
+            keepalive: None,
+            auth: AuthConfig::None,
             on_connect: None,
             on_disconnect: Vec::new(),
         }
     }
 }
 
-/// A step run on disconnect.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+/// WebSocket-level keepalive.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct DisconnectStep {
+pub struct KeepaliveConfig {
+    /// Time between ping frames.
+    pub interval: Dur,
+    /// Time a pong may take before the peer counts as gone.
+    pub timeout: Dur,
+}
+
+/// A step run on disconnect, in order.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum DisconnectStep {
     /// `close_sessions`: DELETE every WebRTC session this connection opened.
-    pub signaling: SignalingDisconnect,
+    Signaling(SignalingDisconnect),
+    /// Empty a directory (its entries are removed, the directory stays), such as the
+    /// backend's assets directory, so no user sees the previous user's files. Runs when
+    /// the last connection leaves; a new connection's `ready` waits for it.
+    /// `$NAME` takes the path from `backend.env` or the router's environment.
+    ClearDir(String),
+    /// An HTTP call to the backend.
+    Http(HttpStep),
+}
+
+/// An HTTP call made on disconnect.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStep {
+    /// Method (default POST).
+    #[serde(default = "default_post")]
+    pub method: String,
+    /// Backend path; `${connection.id}` is replaced by the connection id.
+    pub path: String,
+}
+
+fn default_post() -> String {
+    "POST".to_owned()
 }
 
 /// Disconnect actions of the signaling relay.
@@ -270,6 +320,42 @@ pub struct DisconnectStep {
 pub enum SignalingDisconnect {
     /// DELETE every WebRTC session this connection opened.
     CloseSessions,
+}
+
+/// A per-connection token bucket.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Sustained messages per second.
+    pub per_second: f64,
+    /// Messages that may arrive at once above the sustained rate.
+    pub burst: u32,
+}
+
+/// How a connection proves who it is, before `ready`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "mode")]
+pub enum AuthConfig {
+    /// Everyone is let in.
+    #[default]
+    None,
+    /// The token must equal one of a list read from an environment variable (comma-separated), compared in constant time.
+    Token {
+        /// The variable holding the accepted tokens.
+        env: String,
+    },
+    /// The token is sent to an HTTP authorizer (`Authorization: Bearer …`, JSON body `{"token","connection_id"}`); a 2xx lets the connection in.
+    Http {
+        /// The authorizer's URL (http://).
+        url: String,
+        /// Time the authorizer may take; a timeout denies.
+        #[serde(default = "default_auth_timeout")]
+        timeout: Dur,
+    },
+}
+
+fn default_auth_timeout() -> Dur {
+    Dur::secs(5)
 }
 
 /// One route: exactly one of `reply`, `forward` or `signaling`.

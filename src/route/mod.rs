@@ -18,7 +18,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::backend::Backend;
 use crate::codec::{Outcome, ProtocolError, Reply, Request, error_reply};
 use crate::config::{
-    ConfigError, ConnectionConfig, ForwardConfig, Loaded, RouteConfig, SignalingAction, SignalingConfig,
+    ConfigError, ConnectionConfig, DisconnectStep, ForwardConfig, Loaded, RouteConfig, SignalingAction, SignalingConfig,
     SignalingDisconnect,
 };
 use crate::handler::forward::{ForwardHandler, ForwardSpec, Target, TimeoutRule};
@@ -194,15 +194,29 @@ impl RouteTable {
             .unwrap_or_else(|| serde_json::json!({"type": "ready", "connection_id": "${connection.id}"}));
         let on_connect = Template::compile_reply(&on_connect_src, Scope::CONNECTION)
             .map_err(|e| ConfigError::new(&path, format!("connection.on_connect: {e}")))?;
-        let close_sessions_path = conn
+        for step in &conn.on_disconnect {
+            match step {
+                DisconnectStep::ClearDir(d) if d.trim().is_empty() || d.trim() == "/" => {
+                    return Err(ConfigError::new(&path, format!("connection.on_disconnect: refusing to clear {d:?}")));
+                }
+                DisconnectStep::Http(h) if !h.path.starts_with('/') => {
+                    return Err(ConfigError::new(
+                        &path,
+                        format!("connection.on_disconnect: http path {:?} must start with '/'", h.path),
+                    ));
+                }
+                DisconnectStep::Http(h) => {
+                    method(&h.method).map_err(|e| ConfigError::new(&path, format!("connection.on_disconnect: {e}")))?;
+                }
+                _ => {}
+            }
+        }
+        let wants_close = conn
             .on_disconnect
             .iter()
-            .any(|s| s.signaling == SignalingDisconnect::CloseSessions)
-            .then(|| offer_path(file))
-            .flatten();
-        if conn.on_disconnect.iter().any(|s| s.signaling == SignalingDisconnect::CloseSessions)
-            && close_sessions_path.is_none()
-        {
+            .any(|s| *s == DisconnectStep::Signaling(SignalingDisconnect::CloseSessions));
+        let close_sessions_path = if wants_close { offer_path(file) } else { None };
+        if wants_close && close_sessions_path.is_none() {
             return Err(ConfigError::new(
                 &path,
                 "connection.on_disconnect: close_sessions needs a route with `signaling: { action: offer }`",

@@ -32,6 +32,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt as _;
 
+mod peer;
+
+use peer::{PeerConfig, PeerHandle};
+
 /// Real uploads (LoRAs, videos) can be hundreds of MiB; the spec floor is 512 MiB.
 const MAX_BODY_BYTES: usize = 1024 * 1024 * 1024;
 /// Keeps `body_json` in `/_mock/stats` from pinning huge uploads in memory 200 times over.
@@ -89,6 +93,9 @@ struct Cli {
     /// Suppress per-request access log lines.
     #[arg(long)]
     quiet: bool,
+    /// Also offer a WebRTC host candidate on this address (127.0.0.1 is always offered).
+    #[arg(long, default_value = "127.0.0.1")]
+    webrtc_ip: std::net::IpAddr,
 }
 
 struct Opts {
@@ -113,6 +120,7 @@ struct AppState {
     assets_dir: Option<PathBuf>,
     plugins: Mutex<Vec<Plugin>>,
     ice_servers: Bytes,
+    peers: PeerConfig,
 }
 
 #[derive(Default)]
@@ -162,6 +170,8 @@ struct Session {
     offer_sdp: String,
     initial_parameters: Value,
     candidates: Vec<Value>,
+    /// The real WebRTC peer, when the offer was one str0m could accept; dropping it closes it.
+    peer: Option<PeerHandle>,
 }
 
 struct Asset {
@@ -525,6 +535,7 @@ impl AppState {
             assets_dir,
             plugins: Mutex::new(Vec::new()),
             ice_servers: ice_servers_body(),
+            peers: PeerConfig::new(cli.webrtc_ip, cli.quiet),
         }
     }
 
@@ -990,7 +1001,17 @@ async fn webrtc_offer(State(state): Shared, body: Bytes) -> ApiResult {
     }
 
     let id = new_session_id();
-    let answer = fake_answer_sdp(sdp, &id);
+    // A browser's offer gets a real peer that loops its video back; anything str0m cannot accept
+    // (the SDP fragments tests send) gets the fake answer, as before.
+    let (answer, peer) = match peer::start(&state.peers, &id, sdp).await {
+        Ok((answer, handle)) => (answer, Some(handle)),
+        Err(why) => {
+            if !state.opts.quiet && sdp.contains("a=fingerprint:") {
+                eprintln!("INFO scope.webrtc: session {id}: fake answer ({why})");
+            }
+            (fake_answer_sdp(sdp, &id), None)
+        }
+    };
     {
         let mut sessions = lock(&state.sessions);
         sessions.next_seq += 1;
@@ -1002,6 +1023,7 @@ async fn webrtc_offer(State(state): Shared, body: Bytes) -> ApiResult {
                 offer_sdp: sdp.to_owned(),
                 initial_parameters,
                 candidates: Vec::new(),
+                peer,
             },
         );
     }
@@ -1065,6 +1087,9 @@ async fn add_candidates(
     let mut sessions = lock(&state.sessions);
     match sessions.live.get_mut(&id) {
         Some(session) => {
+            if let Some(peer) = &session.peer {
+                peer.add_candidates(&candidates);
+            }
             session.candidates.extend(candidates);
             Ok(no_content())
         }
@@ -1605,6 +1630,7 @@ async fn control_sessions(State(state): Shared) -> Response {
                 "candidates": s.candidates,
                 "initialParameters": s.initial_parameters,
                 "sdp": s.offer_sdp,
+                "peer": s.peer.as_ref().map(PeerHandle::to_json),
             })
         })
         .collect();
