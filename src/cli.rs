@@ -37,6 +37,30 @@ enum Command {
     Serve(ServeArgs),
     /// Print the JSON Schema of routes.yaml (generated from the config types).
     Schema,
+    /// Print an AsyncAPI 3.0 document of the WebSocket API, from the routes and schemas.
+    Asyncapi {
+        /// The routes file.
+        #[arg(long, default_value = "routes.yaml", env = "SCOPE_ROUTER_ROUTES")]
+        routes: PathBuf,
+    },
+    /// Run the schema contract (every example of every route) against a live endpoint.
+    Check {
+        /// The endpoint, e.g. ws://127.0.0.1:8080/ws or wss://fal.run/<user>/<app>/ws.
+        #[arg(long)]
+        url: String,
+        /// The routes file whose schemas describe the endpoint.
+        #[arg(long, default_value = "routes.yaml", env = "SCOPE_ROUTER_ROUTES")]
+        routes: PathBuf,
+        /// Auth token, sent as the fal_jwt_token query parameter.
+        #[arg(long, env = "SCOPE_ROUTER_TOKEN")]
+        token: Option<String>,
+        /// Only these routes (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Also run cases that change backend state (offers, non-GET api calls).
+        #[arg(long)]
+        include_mutating: bool,
+    },
     /// Check a routes file and every schema it names; exit non-zero on error.
     Validate {
         /// The routes file.
@@ -73,6 +97,24 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_format);
     match cli.command {
         Some(Command::Validate { routes }) => validate(&routes),
+        Some(Command::Asyncapi { routes }) => match offline_table(&routes) {
+            Ok(table) => {
+                let doc = crate::contract::asyncapi(&table);
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Check {
+            url,
+            routes,
+            token,
+            only,
+            include_mutating,
+        }) => check(&url, &routes, token.as_deref(), &only, include_mutating),
         Some(Command::Schema) => {
             println!("{}", routes_schema());
             ExitCode::SUCCESS
@@ -100,6 +142,61 @@ fn init_tracing(format: LogFormat) {
 pub fn routes_schema() -> String {
     let schema = schemars::schema_for!(crate::config::RoutesFile);
     serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+/// Loads and compiles a routes file without serving it.
+fn offline_table(routes: &Path) -> anyhow::Result<RouteTable> {
+    let loaded = crate::config::load(routes)?;
+    let backend = Arc::new(Backend::new(&loaded.file.backend.url, &loaded.file.backend.pool));
+    Ok(RouteTable::compile(loaded, backend)?)
+}
+
+fn check(url: &str, routes: &Path, token: Option<&str>, only: &[String], include_mutating: bool) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = match rt.block_on(async { offline_table(routes) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let all = crate::contract::cases(&table);
+    let total = all.len();
+    let cases = crate::contract::select(all, only, include_mutating);
+    let skipped = total - cases.len();
+    println!("checking {} against {} ({} cases)", crate::contract::redact(url), routes.display(), cases.len());
+    let full_url = crate::contract::with_token(url, token);
+    let results = match rt.block_on(crate::contract::run(&table, &full_url, cases)) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("FAIL  connect: {e}");
+            println!("0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for r in &results {
+        let ms = r.latency.as_secs_f64() * 1000.0;
+        match &r.failure {
+            None => println!("PASS  {:<56} {ms:>8.1} ms", r.case.name),
+            Some(why) => {
+                failed += 1;
+                println!("FAIL  {:<56} {ms:>8.1} ms  {why}", r.case.name);
+            }
+        }
+    }
+    let passed = results.len() - failed;
+    if skipped > 0 {
+        println!("({skipped} cases that change backend state skipped; --include-mutating runs them)");
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn validate(routes: &Path) -> ExitCode {

@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod contract;
 pub mod handler;
 pub mod pathsafe;
 pub mod route;

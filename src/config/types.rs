@@ -27,12 +27,27 @@ pub struct RoutesFile {
     /// Per-connection behaviour: routing key, limits and hooks.
     #[serde(default)]
     pub connection: ConnectionConfig,
+    /// Check every reply against its route's `reply_schemas` at run time and log mismatches
+    /// (`warn`), or not (`off`, the default: it costs a parse per reply).
+    #[serde(default)]
+    pub validate_replies: ReplyValidation,
     /// Serve a directory of static files (for example the browser example) at `/`.
     #[serde(default)]
     pub static_files: Option<PathBuf>,
     /// Message routes, keyed by the value of the routing field. `$default` catches the rest.
     #[schemars(with = "BTreeMap<String, RouteConfig>")]
     pub routes: BTreeMap<String, Spanned<RouteConfig>>,
+}
+
+/// Run-time reply validation.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyValidation {
+    /// No checks.
+    #[default]
+    Off,
+    /// Log a warning for every reply that fits none of its route's reply schemas.
+    Warn,
 }
 
 fn default_listen() -> String {

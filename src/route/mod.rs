@@ -18,14 +18,14 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::backend::Backend;
 use crate::codec::{Outcome, ProtocolError, Reply, Request, error_reply};
 use crate::config::{
-    ConfigError, ConnectionConfig, DisconnectStep, ForwardConfig, Loaded, RouteConfig, SignalingAction, SignalingConfig,
+    ConfigError, ConnectionConfig, DisconnectStep, ReplyValidation, ForwardConfig, Loaded, RouteConfig, SignalingAction, SignalingConfig,
     SignalingDisconnect,
 };
 use crate::handler::forward::{ForwardHandler, ForwardSpec, Target, TimeoutRule};
 use crate::handler::reply::ReplyHandler;
 use crate::handler::signaling::{Action, SignalingHandler, SignalingSpec};
 use crate::template::{Ctx, Scope, Template};
-use crate::validate::{CompiledSchema, SchemaSet, ValidateLayer};
+use crate::validate::{CompiledSchema, ReplyCheckLayer, SchemaSet, ValidateLayer};
 use self::gate::{GateLayer, Refusal};
 use self::metrics::{MetricsLayer, RouteMetrics};
 
@@ -176,7 +176,8 @@ impl RouteTable {
         let mut routes = HashMap::new();
         let mut default = None;
         for (name, r) in &file.routes {
-            let route = build_route(name, &r.value, &schemas, &backend).map_err(|e| at(r, name, e))?;
+            let route = build_route(name, &r.value, &schemas, &backend, file.validate_replies)
+                .map_err(|e| at(r, name, e))?;
             if name == DEFAULT_ROUTE {
                 default = Some(route);
             } else {
@@ -254,6 +255,7 @@ fn build_route(
     cfg: &RouteConfig,
     schemas: &SchemaSet,
     backend: &Arc<Backend>,
+    reply_validation: ReplyValidation,
 ) -> Result<Route, String> {
     let name: Arc<str> = Arc::from(name);
     let handlers = [cfg.reply.is_some(), cfg.forward.is_some(), cfg.signaling.is_some()]
@@ -298,6 +300,22 @@ fn build_route(
                 .service(inner),
         ),
         None => inner,
+    };
+
+    // Step 2b: reply checks (development only) see what the handler produced, refusals included.
+    let gated: RouteService = if reply_validation == ReplyValidation::Warn && !cfg.reply_schemas.is_empty() {
+        let list = cfg
+            .reply_schemas
+            .iter()
+            .map(|s| schemas.get(s).cloned().ok_or_else(|| format!("reply schema {s} was not loaded")))
+            .collect::<Result<Vec<_>, String>>()?;
+        BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(ReplyCheckLayer::new(name.clone(), list))
+                .service(gated),
+        )
+    } else {
+        gated
     };
 
     // Step 3: validation before any work, so invalid messages never reach the backend.

@@ -40,23 +40,14 @@ impl CompiledSchema {
     }
 
     /// The first few problems with `instance`, each naming its field; `None` when valid.
+    ///
+    /// Values from the message are masked (a 5 MB string is not echoed back), and
+    /// `oneOf`/`anyOf` failures list what each alternative missed.
     pub fn check(&self, instance: &Value) -> Option<String> {
         if self.validator.is_valid(instance) {
             return None;
         }
-        let problems: Vec<String> = self
-            .validator
-            .iter_errors(instance)
-            .take(3)
-            .map(|e| {
-                let at = e.instance_path().to_string();
-                if at.is_empty() {
-                    e.to_string()
-                } else {
-                    format!("{at}: {e}")
-                }
-            })
-            .collect();
+        let problems: Vec<String> = self.validator.iter_errors(instance).take(3).map(|e| describe(&e)).collect();
         Some(problems.join("; "))
     }
 
@@ -68,13 +59,67 @@ impl CompiledSchema {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// The `x-invalid-examples` of the schema (each must be rejected).
-    pub fn invalid_examples(&self) -> &[Value] {
+    /// The `x-invalid-examples` of the schema: `{"why", "field", "message"}` objects, each
+    /// a message that must be refused with an error naming `field`.
+    pub fn invalid_examples(&self) -> Vec<InvalidExample> {
         self.source
             .get("x-invalid-examples")
             .and_then(Value::as_array)
-            .map_or(&[], Vec::as_slice)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| {
+                        Some(InvalidExample {
+                            why: i.get("why")?.as_str()?.to_owned(),
+                            field: i.get("field")?.as_str()?.to_owned(),
+                            message: i.get("message")?.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
+
+    /// The schema's title, else its file name.
+    pub fn title(&self) -> String {
+        self.source
+            .get("title")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+    }
+}
+
+/// A message a schema must refuse, and the field the refusal must name.
+#[derive(Debug, Clone)]
+pub struct InvalidExample {
+    pub why: String,
+    pub field: String,
+    pub message: Value,
+}
+
+/// One problem as text: `/path: what`, with alternatives expanded for oneOf/anyOf.
+fn describe(e: &jsonschema::ValidationError<'_>) -> String {
+    let at = e.instance_path().to_string();
+    let what = match e.kind() {
+        jsonschema::error::ValidationErrorKind::OneOfNotValid { context }
+        | jsonschema::error::ValidationErrorKind::AnyOf { context } => {
+            let alts: Vec<String> = context
+                .iter()
+                .map(|branch| branch.iter().take(2).map(describe).collect::<Vec<_>>().join(", "))
+                .filter(|b| !b.is_empty())
+                .collect();
+            format!("fits none of the allowed forms ({})", alts.join(" | "))
+        }
+        _ => e.masked_with("the value").to_string(),
+    };
+    let mut out = if at.is_empty() { what } else { format!("{at}: {what}") };
+    if out.len() > 400 {
+        let cut = (0..=400).rev().find(|i| out.is_char_boundary(*i)).unwrap_or(0);
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 fn pointer_or_root(p: &str) -> &str {
@@ -146,5 +191,75 @@ where
                 Either::Left(ready(Ok(error_reply(req.request_id.as_ref(), &err))))
             }
         }
+    }
+}
+
+/// Checks replies against the route's reply schemas and logs the ones that fit none (development aid).
+#[derive(Clone)]
+pub struct ReplyCheckLayer {
+    route: Arc<str>,
+    schemas: Arc<[Arc<CompiledSchema>]>,
+}
+
+impl ReplyCheckLayer {
+    pub fn new(route: Arc<str>, schemas: Vec<Arc<CompiledSchema>>) -> Self {
+        Self {
+            route,
+            schemas: schemas.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for ReplyCheckLayer {
+    type Service = ReplyCheck<S>;
+    fn layer(&self, inner: S) -> ReplyCheck<S> {
+        ReplyCheck {
+            inner,
+            route: self.route.clone(),
+            schemas: self.schemas.clone(),
+        }
+    }
+}
+
+/// The service made by [`ReplyCheckLayer`].
+#[derive(Clone)]
+pub struct ReplyCheck<S> {
+    inner: S,
+    route: Arc<str>,
+    schemas: Arc<[Arc<CompiledSchema>]>,
+}
+
+impl<S> Service<Request> for ReplyCheck<S>
+where
+    S: Service<Request, Response = Reply, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Reply;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Reply, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let fut = self.inner.call(req);
+        let (route, schemas) = (self.route.clone(), self.schemas.clone());
+        Box::pin(async move {
+            let reply = fut.await?;
+            if let Ok(v) = serde_json::from_str::<Value>(&reply.text) {
+                let is_error = v.get("type").and_then(Value::as_str) == Some("error");
+                let fits = schemas.iter().any(|s| s.validator.is_valid(&v));
+                if !fits && !is_error {
+                    let why: Vec<String> = schemas
+                        .iter()
+                        .filter_map(|s| s.check(&v).map(|p| format!("{}: {p}", s.title())))
+                        .collect();
+                    tracing::warn!(route = %route, problems = %why.join(" | "), "reply breaks the contract");
+                    metrics::counter!("scope_router_reply_contract_violations_total", "route" => route.to_string()).increment(1);
+                }
+            }
+            Ok(reply)
+        })
     }
 }
