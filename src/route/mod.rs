@@ -14,6 +14,7 @@ use hyper::Method;
 use serde_json::Value;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
+use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::codec::{Outcome, ProtocolError, Reply, Request, error_reply};
@@ -107,12 +108,20 @@ impl RouteTable {
         match route {
             Some(r) => {
                 let fut = r.service.clone().oneshot(req);
-                Box::pin(async move {
-                    match fut.await {
-                        Ok(reply) => reply,
-                        Err(never) => match never {},
+                // Every log line about this message carries its route (and, from the
+                // connection's span, the connection id).
+                let span = tracing::debug_span!("msg", route = %r.name);
+                Box::pin(
+                    async move {
+                        let reply = match fut.await {
+                            Ok(reply) => reply,
+                            Err(never) => match never {},
+                        };
+                        tracing::debug!(result = reply.outcome.as_str(), "routed");
+                        reply
                     }
-                })
+                    .instrument(span),
+                )
             }
             None => {
                 let kind = self.key.get(&req.msg).unwrap_or_default().to_owned();
