@@ -30,7 +30,9 @@ pub fn token_from(query: Option<&str>, authorization: Option<&str>) -> Option<St
             let (k, v) = pair.split_once('=')?;
             (k == "fal_jwt_token").then(|| {
                 let v = v.replace('+', " ");
-                percent_encoding::percent_decode_str(&v).decode_utf8_lossy().into_owned()
+                percent_encoding::percent_decode_str(&v)
+                    .decode_utf8_lossy()
+                    .into_owned()
             })
         })
     });
@@ -61,26 +63,40 @@ pub fn token_in_list(list: &str, token: &str) -> bool {
 }
 
 /// Checks a connection's token.
-pub async fn authorize(cfg: &AuthConfig, token: Option<&str>, connection_id: &str, backend: &Backend) -> Result<(), Denied> {
+pub async fn authorize(
+    cfg: &AuthConfig,
+    token: Option<&str>,
+    connection_id: &str,
+    backend: &Backend,
+) -> Result<(), Denied> {
     match cfg {
         AuthConfig::None => Ok(()),
         AuthConfig::Token { env } => {
             let token = token.ok_or(Denied::Missing)?;
-            let list = std::env::var(env).map_err(|_| Denied::Misconfigured(format!("${env} is not set")))?;
-            if token_in_list(&list, token) { Ok(()) } else { Err(Denied::Rejected) }
+            let list = std::env::var(env)
+                .map_err(|_| Denied::Misconfigured(format!("${env} is not set")))?;
+            if token_in_list(&list, token) {
+                Ok(())
+            } else {
+                Err(Denied::Rejected)
+            }
         }
         AuthConfig::Http { url, timeout } => {
             let token = token.ok_or(Denied::Missing)?;
-            let uri: Uri = url.parse().map_err(|e| Denied::Misconfigured(format!("authorizer url: {e}")))?;
-            let body = serde_json::json!({"token": token, "connection_id": connection_id}).to_string();
+            let uri: Uri = url
+                .parse()
+                .map_err(|e| Denied::Misconfigured(format!("authorizer url: {e}")))?;
+            let body =
+                serde_json::json!({"token": token, "connection_id": connection_id}).to_string();
             let headers = [(header::AUTHORIZATION, format!("Bearer {token}"))];
             let resp = backend
-                .send(
+                .send_outbound(
                     Method::POST,
                     uri,
                     Some((Bytes::from(body), "application/json")),
                     &headers,
                     Duration::max(timeout.0, Duration::from_millis(1)),
+                    64 * 1024,
                 )
                 .await
                 .map_err(|e| Denied::Authorizer(e.to_string()))?;
@@ -99,9 +115,15 @@ mod tests {
 
     #[test]
     fn token_sources() {
-        assert_eq!(token_from(Some("a=1&fal_jwt_token=abc%2Bd"), None).as_deref(), Some("abc+d"));
+        assert_eq!(
+            token_from(Some("a=1&fal_jwt_token=abc%2Bd"), None).as_deref(),
+            Some("abc+d")
+        );
         assert_eq!(token_from(None, Some("Bearer xyz")).as_deref(), Some("xyz"));
-        assert_eq!(token_from(Some("fal_jwt_token=q"), Some("Bearer h")).as_deref(), Some("q"));
+        assert_eq!(
+            token_from(Some("fal_jwt_token=q"), Some("Bearer h")).as_deref(),
+            Some("q")
+        );
         assert_eq!(token_from(Some("fal_jwt_token="), None), None);
         assert_eq!(token_from(None, None), None);
     }
@@ -118,9 +140,20 @@ mod tests {
     #[tokio::test]
     async fn missing_token_and_unset_list_deny() {
         let backend = Backend::new("http://127.0.0.1:9", &crate::config::PoolConfig::default());
-        let cfg = AuthConfig::Token { env: "SCOPE_ROUTER_TEST_UNSET_VAR".to_owned() };
-        assert_eq!(authorize(&cfg, None, "c", &backend).await, Err(Denied::Missing));
-        assert!(matches!(authorize(&cfg, Some("x"), "c", &backend).await, Err(Denied::Misconfigured(_))));
-        assert_eq!(authorize(&AuthConfig::None, None, "c", &backend).await, Ok(()));
+        let cfg = AuthConfig::Token {
+            env: "SCOPE_ROUTER_TEST_UNSET_VAR".to_owned(),
+        };
+        assert_eq!(
+            authorize(&cfg, None, "c", &backend).await,
+            Err(Denied::Missing)
+        );
+        assert!(matches!(
+            authorize(&cfg, Some("x"), "c", &backend).await,
+            Err(Denied::Misconfigured(_))
+        ));
+        assert_eq!(
+            authorize(&AuthConfig::None, None, "c", &backend).await,
+            Ok(())
+        );
     }
 }

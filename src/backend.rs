@@ -74,6 +74,8 @@ impl Readiness {
 /// The backend: its base URL (swappable on reload) over one connection pool.
 pub struct Backend {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Calls to other hosts (authorizers, CDN fetches), over https or http; never redirected.
+    outbound: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: ArcSwap<String>,
     max_response_bytes: std::sync::atomic::AtomicUsize,
     pub readiness: Readiness,
@@ -87,9 +89,20 @@ impl Backend {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool.idle_timeout.0)
             .pool_max_idle_per_host(pool.max_idle)
-            .build(connector);
+            .build(connector.clone());
+        let mut plain = connector;
+        plain.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(plain);
+        let outbound = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
         Backend {
             client,
+            outbound,
             base: ArcSwap::from_pointee(trim_base(base_url)),
             max_response_bytes: pool.max_response_bytes.into(),
             readiness: Readiness::default(),
@@ -129,7 +142,7 @@ impl Backend {
         self.send(method, uri, body, &[], timeout).await
     }
 
-    /// One call to any http:// URL through the same pool (authorizers, cleanup hooks).
+    /// One call to the backend's pool with a full URI and extra headers.
     pub async fn send(
         &self,
         method: Method,
@@ -138,57 +151,23 @@ impl Backend {
         headers: &[(header::HeaderName, String)],
         timeout: Duration,
     ) -> Result<BackendResponse, BackendError> {
-        let mut req = Request::builder().method(method).uri(uri);
-        for (name, value) in headers {
-            req = req.header(name, value);
-        }
-        let body = match body {
-            Some((bytes, content_type)) => {
-                req = req.header(header::CONTENT_TYPE, content_type);
-                Full::new(bytes)
-            }
-            None => Full::new(Bytes::new()),
-        };
-        let req = req
-            .body(body)
-            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        let req = build_request(method, uri, body, headers)?;
         let limit = self.max_response_bytes.load(Ordering::Relaxed);
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    BackendError::Unavailable
-                } else {
-                    BackendError::Failed(error_chain(&e))
-                }
-            })?;
-            let status = resp.status();
-            let content_type = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let body = Limited::new(resp.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        BackendError::TooLarge(limit)
-                    } else {
-                        BackendError::Failed(e.to_string())
-                    }
-                })?
-                .to_bytes();
-            Ok(BackendResponse {
-                status,
-                content_type,
-                body,
-            })
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::Timeout),
-        }
+        exchange(&self.client, req, limit, timeout).await
+    }
+
+    /// One call to another host (an authorizer, a CDN), http or https, body capped at `limit`.
+    pub async fn send_outbound(
+        &self,
+        method: Method,
+        uri: Uri,
+        body: Option<(Bytes, &str)>,
+        headers: &[(header::HeaderName, String)],
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<BackendResponse, BackendError> {
+        let req = build_request(method, uri, body, headers)?;
+        exchange(&self.outbound, req, limit, timeout).await
     }
 
     /// One health probe: true on a 2xx within `timeout`.
@@ -197,6 +176,75 @@ impl Backend {
             self.call(Method::GET, path, None, timeout).await,
             Ok(r) if r.status.is_success()
         )
+    }
+}
+
+fn build_request(
+    method: Method,
+    uri: Uri,
+    body: Option<(Bytes, &str)>,
+    headers: &[(header::HeaderName, String)],
+) -> Result<Request<Full<Bytes>>, BackendError> {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        req = req.header(name, value);
+    }
+    let body = match body {
+        Some((bytes, content_type)) => {
+            req = req.header(header::CONTENT_TYPE, content_type);
+            Full::new(bytes)
+        }
+        None => Full::new(Bytes::new()),
+    };
+    req.body(body)
+        .map_err(|e| BackendError::BadRequest(e.to_string()))
+}
+
+/// Sends `req` on `client` and reads the whole body (at most `limit` bytes), all within `timeout`.
+async fn exchange<C>(
+    client: &Client<C, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<BackendResponse, BackendError>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                BackendError::Unavailable
+            } else {
+                BackendError::Failed(error_chain(&e))
+            }
+        })?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body = Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    BackendError::TooLarge(limit)
+                } else {
+                    BackendError::Failed(e.to_string())
+                }
+            })?
+            .to_bytes();
+        Ok(BackendResponse {
+            status,
+            content_type,
+            body,
+        })
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError::Timeout),
     }
 }
 

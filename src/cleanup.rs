@@ -39,9 +39,16 @@ pub async fn run(table: &RouteTable, state: &AppState, conn: &ConnCtx, last: boo
             }
             DisconnectStep::Http(h) => {
                 let path = h.path.replace("${connection.id}", &conn.id);
-                let method = Method::from_bytes(h.method.to_ascii_uppercase().as_bytes()).unwrap_or(Method::POST);
-                match state.backend.call(method, &path, None, Duration::from_secs(10)).await {
-                    Ok(r) => tracing::info!(%path, status = r.status.as_u16(), "disconnect hook called"),
+                let method = Method::from_bytes(h.method.to_ascii_uppercase().as_bytes())
+                    .unwrap_or(Method::POST);
+                match state
+                    .backend
+                    .call(method, &path, None, Duration::from_secs(10))
+                    .await
+                {
+                    Ok(r) => {
+                        tracing::info!(%path, status = r.status.as_u16(), "disconnect hook called")
+                    }
                     Err(e) => tracing::warn!(%path, error = %e, "disconnect hook failed"),
                 }
             }
@@ -50,11 +57,17 @@ pub async fn run(table: &RouteTable, state: &AppState, conn: &ConnCtx, last: boo
 }
 
 /// `$NAME` is looked up in the backend's declared env, then the router's environment.
-fn resolve_dir(spec: &str, backend_env: &std::collections::BTreeMap<String, String>) -> Option<PathBuf> {
+fn resolve_dir(
+    spec: &str,
+    backend_env: &std::collections::BTreeMap<String, String>,
+) -> Option<PathBuf> {
     let raw = match spec.strip_prefix('$') {
         Some(name) => {
             let name = name.trim_start_matches('{').trim_end_matches('}');
-            backend_env.get(name).cloned().or_else(|| std::env::var(name).ok())?
+            backend_env
+                .get(name)
+                .cloned()
+                .or_else(|| std::env::var(name).ok())?
         }
         None => spec.to_owned(),
     };
@@ -68,7 +81,9 @@ fn resolve_dir(spec: &str, backend_env: &std::collections::BTreeMap<String, Stri
 /// Removes everything inside `dir` (not `dir` itself); symlinks are removed, never followed.
 pub fn clear_dir(dir: &Path) -> std::io::Result<usize> {
     if dir.as_os_str().is_empty() || dir.parent().is_none() {
-        return Err(std::io::Error::other("refusing to clear the root or an empty path"));
+        return Err(std::io::Error::other(
+            "refusing to clear the root or an empty path",
+        ));
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -116,7 +131,10 @@ mod tests {
         let mut env = std::collections::BTreeMap::new();
         env.insert("ASSETS".to_owned(), "/tmp/a".to_owned());
         assert_eq!(resolve_dir("$ASSETS", &env), Some(PathBuf::from("/tmp/a")));
-        assert_eq!(resolve_dir("${ASSETS}", &env), Some(PathBuf::from("/tmp/a")));
+        assert_eq!(
+            resolve_dir("${ASSETS}", &env),
+            Some(PathBuf::from("/tmp/a"))
+        );
         assert_eq!(resolve_dir("/x/y", &env), Some(PathBuf::from("/x/y")));
         assert_eq!(resolve_dir("$SCOPE_ROUTER_SURELY_UNSET", &env), None);
     }

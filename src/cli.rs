@@ -13,7 +13,11 @@ use crate::route::RouteTable;
 use crate::server::{self, AppState};
 
 #[derive(Debug, Parser)]
-#[command(name = "scope-router", version, about = "A declarative WebSocket routing proxy for the Scope backend on fal")]
+#[command(
+    name = "scope-router",
+    version,
+    about = "A declarative WebSocket routing proxy for the Scope backend on fal"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -134,7 +138,11 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -147,12 +155,24 @@ pub fn routes_schema() -> String {
 /// Loads and compiles a routes file without serving it.
 fn offline_table(routes: &Path) -> anyhow::Result<RouteTable> {
     let loaded = crate::config::load(routes)?;
-    let backend = Arc::new(Backend::new(&loaded.file.backend.url, &loaded.file.backend.pool));
+    let backend = Arc::new(Backend::new(
+        &loaded.file.backend.url,
+        &loaded.file.backend.pool,
+    ));
     Ok(RouteTable::compile(loaded, backend)?)
 }
 
-fn check(url: &str, routes: &Path, token: Option<&str>, only: &[String], include_mutating: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+fn check(
+    url: &str,
+    routes: &Path,
+    token: Option<&str>,
+    only: &[String],
+    include_mutating: bool,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -170,7 +190,12 @@ fn check(url: &str, routes: &Path, token: Option<&str>, only: &[String], include
     let total = all.len();
     let cases = crate::contract::select(all, only, include_mutating);
     let skipped = total - cases.len();
-    println!("checking {} against {} ({} cases)", crate::contract::redact(url), routes.display(), cases.len());
+    println!(
+        "checking {} against {} ({} cases)",
+        crate::contract::redact(url),
+        routes.display(),
+        cases.len()
+    );
     let full_url = crate::contract::with_token(url, token);
     let results = match rt.block_on(crate::contract::run(&table, &full_url, cases)) {
         Ok(r) => r,
@@ -193,10 +218,16 @@ fn check(url: &str, routes: &Path, token: Option<&str>, only: &[String], include
     }
     let passed = results.len() - failed;
     if skipped > 0 {
-        println!("({skipped} cases that change backend state skipped; --include-mutating runs them)");
+        println!(
+            "({skipped} cases that change backend state skipped; --include-mutating runs them)"
+        );
     }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn validate(routes: &Path) -> ExitCode {
@@ -211,7 +242,10 @@ fn validate(routes: &Path) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let backend = Arc::new(Backend::new(&loaded.file.backend.url, &loaded.file.backend.pool));
+    let backend = Arc::new(Backend::new(
+        &loaded.file.backend.url,
+        &loaded.file.backend.pool,
+    ));
     match RouteTable::compile(loaded, backend) {
         Ok(table) => {
             println!(
@@ -231,7 +265,10 @@ fn validate(routes: &Path) -> ExitCode {
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -258,7 +295,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         loaded.file.backend.url = url.clone();
     }
     crate::config::reload::url_check(&args.routes, &loaded.file.backend.url)?;
-    let listen = args.listen.clone().unwrap_or_else(|| loaded.file.listen.clone());
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| loaded.file.listen.clone());
     let started_with = Arc::new(loaded.file.clone());
     let backend_cfg = loaded.file.backend.clone();
     let backend = Arc::new(Backend::new(&backend_cfg.url, &backend_cfg.pool));
@@ -288,7 +328,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             state.logs.clone(),
         ))
     } else {
-        tokio::spawn(crate::backend::probe_loop(backend.clone(), backend_cfg.health.clone()));
+        tokio::spawn(crate::backend::probe_loop(
+            backend.clone(),
+            backend_cfg.health.clone(),
+        ));
         None
     };
 
@@ -311,7 +354,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Upgraded sockets outlive the listener; give them their grace to finish.
     let grace = backend_cfg.stop.grace.0;
     let deadline = tokio::time::Instant::now() + grace;
-    while state.open_sessions.load(std::sync::atomic::Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+    while state
+        .open_sessions
+        .load(std::sync::atomic::Ordering::Acquire)
+        > 0
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if let Some(s) = supervisor {
@@ -324,7 +372,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -211,6 +211,9 @@ mod tests {
             json!({"type": "error", "request_id": "r9", "error": "backend unavailable", "code": "BACKEND_UNAVAILABLE"})
         );
         let r = error_reply(None, &ProtocolError::UnknownType("x".into()));
-        assert_eq!(r.text, r#"{"type":"error","error":"Unknown message type: x"}"#);
+        assert_eq!(
+            r.text,
+            r#"{"type":"error","error":"Unknown message type: x"}"#
+        );
     }
 }

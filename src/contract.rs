@@ -102,7 +102,9 @@ fn set_key(msg: &mut Value, key: &str, value: &str) {
     let mut cur = msg;
     let segs: Vec<&str> = key.split('/').collect();
     for (i, seg) in segs.iter().enumerate() {
-        let Some(obj) = cur.as_object_mut() else { return };
+        let Some(obj) = cur.as_object_mut() else {
+            return;
+        };
         if i + 1 == segs.len() {
             obj.insert((*seg).to_owned(), Value::from(value));
             return;
@@ -114,7 +116,10 @@ fn set_key(msg: &mut Value, key: &str, value: &str) {
 fn is_mutating_api(msg: &Value) -> bool {
     msg.get("path").is_some()
         && !matches!(
-            msg.get("method").and_then(Value::as_str).map(str::to_ascii_uppercase).as_deref(),
+            msg.get("method")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_uppercase)
+                .as_deref(),
             None | Some("GET") | Some("HEAD")
         )
 }
@@ -144,13 +149,19 @@ pub fn judge(table: &RouteTable, case: &Case, rid: &str, reply: &Value) -> Resul
             }
             let mut problems = Vec::new();
             for name in &route.reply_schemas {
-                let schema = table.schemas.get(name).ok_or_else(|| format!("{name} not loaded"))?;
+                let schema = table
+                    .schemas
+                    .get(name)
+                    .ok_or_else(|| format!("{name} not loaded"))?;
                 match schema.check(reply) {
                     None => return Ok(()),
                     Some(p) => problems.push(format!("{name}: {p}")),
                 }
             }
-            Err(format!("reply matches no reply schema ({}): {reply}", problems.join(" | ")))
+            Err(format!(
+                "reply matches no reply schema ({}): {reply}",
+                problems.join(" | ")
+            ))
         }
         Expect::Refused { field } => {
             if kind != "error" {
@@ -183,7 +194,8 @@ fn error_schema_check(table: &RouteTable, reply: &Value) -> Result<(), String> {
     check_unsolicited(table, reply)
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// One connection to a live endpoint, running cases one after another.
 pub struct Runner<'a> {
@@ -196,10 +208,13 @@ pub struct Runner<'a> {
 impl<'a> Runner<'a> {
     /// Connects, and checks the `ready` message against `ready.json`.
     pub async fn connect(table: &'a RouteTable, url: &str) -> Result<Runner<'a>, String> {
-        let (mut ws, _) = tokio::time::timeout(Duration::from_secs(30), tokio_tungstenite::connect_async(url))
-            .await
-            .map_err(|_| format!("connecting to {} timed out", redact(url)))?
-            .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+        let (mut ws, _) = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .map_err(|_| format!("connecting to {} timed out", redact(url)))?
+        .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
         let ready = next_json(&mut ws, Duration::from_secs(60)).await?;
         if ready.get("type").and_then(Value::as_str) != Some("ready") {
             return Err(format!("first message is not ready: {ready}"));
@@ -228,11 +243,18 @@ impl<'a> Runner<'a> {
             Ok(reply) => judge(self.table, &case, &rid, &reply).err(),
             Err(e) => Some(e),
         };
-        CaseResult { case, latency, failure }
+        CaseResult {
+            case,
+            latency,
+            failure,
+        }
     }
 
     async fn exchange(&mut self, rid: &str, msg: &Value) -> Result<Value, String> {
-        self.ws.send(Message::text(msg.to_string())).await.map_err(|e| e.to_string())?;
+        self.ws
+            .send(Message::text(msg.to_string()))
+            .await
+            .map_err(|e| e.to_string())?;
         loop {
             if let Some(v) = self.stash.remove(rid) {
                 return Ok(v);
@@ -255,7 +277,11 @@ impl<'a> Runner<'a> {
 }
 
 /// Runs `cases` in order over one connection to `url`.
-pub async fn run(table: &RouteTable, url: &str, cases: Vec<Case>) -> Result<Vec<CaseResult>, String> {
+pub async fn run(
+    table: &RouteTable,
+    url: &str,
+    cases: Vec<Case>,
+) -> Result<Vec<CaseResult>, String> {
     let mut runner = Runner::connect(table, url).await?;
     let mut results = Vec::with_capacity(cases.len());
     for case in cases {
@@ -276,7 +302,10 @@ where
             .ok_or("connection closed")?
             .map_err(|e| e.to_string())?;
         match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).map_err(|e| format!("reply is not JSON: {e}")),
+            Message::Text(t) => {
+                return serde_json::from_str(t.as_str())
+                    .map_err(|e| format!("reply is not JSON: {e}"));
+            }
             Message::Close(f) => return Err(format!("connection closed: {f:?}")),
             _ => continue,
         }
@@ -293,7 +322,9 @@ pub fn with_token(url: &str, token: Option<&str>) -> String {
     match token {
         None => url.to_owned(),
         Some(t) => {
-            let enc: String = percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC).collect();
+            let enc: String =
+                percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
+                    .collect();
             let sep = if url.contains('?') { '&' } else { '?' };
             format!("{url}{sep}fal_jwt_token={enc}")
         }
@@ -317,16 +348,31 @@ pub fn asyncapi(table: &RouteTable) -> Value {
             m["title"] = Value::from(s.title());
         }
         messages.insert(name.to_owned(), m);
-        channel_messages.insert(name.to_owned(), json!({"$ref": format!("#/components/messages/{name}")}));
+        channel_messages.insert(
+            name.to_owned(),
+            json!({"$ref": format!("#/components/messages/{name}")}),
+        );
     };
     for route in table.routes() {
-        let name = if &*route.name == DEFAULT_ROUTE { "unknown".to_owned() } else { route.name.to_string() };
+        let name = if &*route.name == DEFAULT_ROUTE {
+            "unknown".to_owned()
+        } else {
+            route.name.to_string()
+        };
         let schema = route.schema.as_ref().and_then(|s| table.schemas.get(s));
-        add_message(&name, schema, format!("`{}` ({} route)", route.name, route.kind));
+        add_message(
+            &name,
+            schema,
+            format!("`{}` ({} route)", route.name, route.kind),
+        );
         let mut replies = Vec::new();
         for r in &route.reply_schemas {
             let rname = r.trim_end_matches(".json").to_owned();
-            add_message(&rname, table.schemas.get(r), format!("reply of `{}`", route.name));
+            add_message(
+                &rname,
+                table.schemas.get(r),
+                format!("reply of `{}`", route.name),
+            );
             replies.push(json!({"$ref": format!("#/channels/ws/messages/{rname}")}));
         }
         let mut op = json!({
@@ -369,7 +415,9 @@ pub fn asyncapi(table: &RouteTable) -> Value {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -378,9 +426,13 @@ mod tests {
 
     #[test]
     fn mutating_api_calls() {
-        assert!(!is_mutating_api(&json!({"type": "api", "method": "GET", "path": "/x"})));
+        assert!(!is_mutating_api(
+            &json!({"type": "api", "method": "GET", "path": "/x"})
+        ));
         assert!(!is_mutating_api(&json!({"type": "api", "path": "/x"})));
-        assert!(is_mutating_api(&json!({"type": "api", "method": "post", "path": "/x"})));
+        assert!(is_mutating_api(
+            &json!({"type": "api", "method": "post", "path": "/x"})
+        ));
     }
 
     #[test]
@@ -392,7 +444,10 @@ mod tests {
 
     #[test]
     fn token_goes_in_the_query_and_never_in_messages() {
-        assert_eq!(with_token("wss://h/ws", Some("a b")), "wss://h/ws?fal_jwt_token=a%20b");
+        assert_eq!(
+            with_token("wss://h/ws", Some("a b")),
+            "wss://h/ws?fal_jwt_token=a%20b"
+        );
         assert_eq!(redact("wss://h/ws?fal_jwt_token=secret"), "wss://h/ws");
     }
 }

@@ -109,16 +109,25 @@ mod tests {
     fn plain_paths_pass_through_with_query() {
         assert_eq!(
             ok("/api/v1/models/status?pipeline_id=a%20b&x=1"),
-            ("/api/v1/models/status".into(), "/api/v1/models/status?pipeline_id=a%20b&x=1".into())
+            (
+                "/api/v1/models/status".into(),
+                "/api/v1/models/status?pipeline_id=a%20b&x=1".into()
+            )
         );
-        assert_eq!(ok("/api/v1/assets/my%20file.png").1, "/api/v1/assets/my%20file.png");
+        assert_eq!(
+            ok("/api/v1/assets/my%20file.png").1,
+            "/api/v1/assets/my%20file.png"
+        );
         assert_eq!(ok("/api/v1/assets/").0, "/api/v1/assets/");
     }
 
     #[test]
     fn traversal_is_resolved_before_matching() {
         assert_eq!(ok("/api/v1/assets/../internal/x").0, "/api/v1/internal/x");
-        assert_eq!(ok("/api/v1/assets/%2e%2e/internal/x").0, "/api/v1/internal/x");
+        assert_eq!(
+            ok("/api/v1/assets/%2e%2e/internal/x").0,
+            "/api/v1/internal/x"
+        );
         assert_eq!(ok("/api/v1/%2E%2e/v1/internal").0, "/api/v1/internal");
         assert_eq!(ok("/api//v1///internal/./x").0, "/api/v1/internal/x");
         assert_eq!(normalize("/../etc/passwd"), Err(PathError::AboveRoot));

@@ -51,7 +51,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(table: RouteTable, backend: Arc<Backend>, metrics: Option<PrometheusHandle>) -> Arc<Self> {
+    pub fn new(
+        table: RouteTable,
+        backend: Arc<Backend>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         let queue = table.source.file.backend.logs.queue.max(1);
         let (logs, _) = tokio::sync::broadcast::channel(queue);
@@ -96,12 +100,14 @@ impl AppState {
 pub fn app(state: Arc<AppState>) -> Router {
     let static_dir = {
         let table = state.table.load();
-        table
-            .source
-            .file
-            .static_files
-            .as_ref()
-            .map(|d| table.source.path.parent().unwrap_or(std::path::Path::new(".")).join(d))
+        table.source.file.static_files.as_ref().map(|d| {
+            table
+                .source
+                .path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(d)
+        })
     };
     let router = Router::new()
         .route("/ws", get(ws))
@@ -133,7 +139,9 @@ async fn ws(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let conn = Arc::new(ConnCtx::new(ConnCtx::new_id()));
-            let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let authorization = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
             let upgrade = session::Upgrade {
                 token: crate::auth::token_from(query.as_deref(), authorization),
             };

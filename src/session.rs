@@ -38,7 +38,9 @@ impl ConnCtx {
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
         // A poisoned lock only means a panic elsewhere mid-push; the list is still usable.
-        self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn add_session(&self, id: &str) {
@@ -122,19 +124,37 @@ impl Bucket {
 }
 
 /// Serves one connection until it ends, then runs the disconnect steps.
-pub async fn serve<S>(socket: S, state: Arc<AppState>, conn: Arc<ConnCtx>, upgrade: Upgrade, shutdown: watch::Receiver<bool>)
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send,
+pub async fn serve<S>(
+    socket: S,
+    state: Arc<AppState>,
+    conn: Arc<ConnCtx>,
+    upgrade: Upgrade,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Unpin
+        + Send,
 {
     let span = tracing::info_span!("conn", id = %conn.id);
     state.open_sessions.fetch_add(1, Ordering::AcqRel);
-    run(socket, state.clone(), conn, upgrade, shutdown).instrument(span).await;
+    run(socket, state.clone(), conn, upgrade, shutdown)
+        .instrument(span)
+        .await;
     state.open_sessions.fetch_sub(1, Ordering::AcqRel);
 }
 
-async fn run<S>(socket: S, state: Arc<AppState>, conn: Arc<ConnCtx>, upgrade: Upgrade, mut shutdown: watch::Receiver<bool>)
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send,
+async fn run<S>(
+    socket: S,
+    state: Arc<AppState>,
+    conn: Arc<ConnCtx>,
+    upgrade: Upgrade,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Unpin
+        + Send,
 {
     let started = Instant::now();
     let (mut tx, mut rx) = socket.split();
@@ -146,19 +166,44 @@ where
     let serving = state.serving.fetch_add(1, Ordering::AcqRel) + 1;
     if serving > limits.max_connections {
         state.serving.fetch_sub(1, Ordering::AcqRel);
-        tracing::warn!(limit = limits.max_connections, "refused: too many connections");
-        let text = error_json(None, "Too many connections", Some("TOO_MANY_CONNECTIONS"), None);
-        let _ = send(&mut tx, Reply::from_json(text, crate::codec::Outcome::Rejected).text, write_timeout).await;
+        tracing::warn!(
+            limit = limits.max_connections,
+            "refused: too many connections"
+        );
+        let text = error_json(
+            None,
+            "Too many connections",
+            Some("TOO_MANY_CONNECTIONS"),
+            None,
+        );
+        let _ = send(
+            &mut tx,
+            Reply::from_json(text, crate::codec::Outcome::Rejected).text,
+            write_timeout,
+        )
+        .await;
         close(&mut tx, CLOSE_TRY_AGAIN_LATER, "too many connections").await;
         return;
     }
 
-    if let Err(denied) = crate::auth::authorize(&limits.auth, upgrade.token.as_deref(), &conn.id, &state.backend).await {
+    if let Err(denied) = crate::auth::authorize(
+        &limits.auth,
+        upgrade.token.as_deref(),
+        &conn.id,
+        &state.backend,
+    )
+    .await
+    {
         state.serving.fetch_sub(1, Ordering::AcqRel);
         tracing::warn!(reason = %denied, "access denied");
         metrics::counter!("scope_router_auth_denied_total").increment(1);
         let text = error_json(None, "Access denied", Some("ACCESS_DENIED"), None);
-        let _ = send(&mut tx, Reply::from_json(text, crate::codec::Outcome::Rejected).text, write_timeout).await;
+        let _ = send(
+            &mut tx,
+            Reply::from_json(text, crate::codec::Outcome::Rejected).text,
+            write_timeout,
+        )
+        .await;
         close(&mut tx, CLOSE_ACCESS_DENIED, "access denied").await;
         return;
     }
@@ -167,10 +212,16 @@ where
     {
         let mut cleaning = state.cleaning.subscribe();
         let waited = Instant::now();
-        if tokio::time::timeout(Duration::from_secs(120), cleaning.wait_for(|n| *n == 0)).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(120), cleaning.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
             tracing::warn!("previous connection's cleanup still running after 120 s; going on");
         } else if waited.elapsed() > Duration::from_millis(1) {
-            tracing::info!(waited_ms = waited.elapsed().as_millis() as u64, "held ready until the previous cleanup finished");
+            tracing::info!(
+                waited_ms = waited.elapsed().as_millis() as u64,
+                "held ready until the previous cleanup finished"
+            );
         }
     }
 
@@ -192,14 +243,20 @@ where
     let max_duration = sleep_opt(limits.max_duration.map(|d| d.0));
     tokio::pin!(max_duration);
     // Far enough to never fire when there is no idle limit (the branch is disabled then too).
-    let idle = tokio::time::sleep(limits.idle_timeout.map_or(Duration::from_secs(86_400 * 365), |d| d.0));
+    let idle = tokio::time::sleep(
+        limits
+            .idle_timeout
+            .map_or(Duration::from_secs(86_400 * 365), |d| d.0),
+    );
     tokio::pin!(idle);
     let mut keepalive = limits.keepalive.map(|k| {
         let mut i = tokio::time::interval(k.interval.0);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
-    let keepalive_grace = limits.keepalive.map_or(Duration::MAX, |k| k.interval.0 + k.timeout.0);
+    let keepalive_grace = limits
+        .keepalive
+        .map_or(Duration::MAX, |k| k.interval.0 + k.timeout.0);
     let mut last_heard = Instant::now();
 
     let reason = loop {
@@ -308,7 +365,10 @@ where
                 }
             }
         };
-        if tokio::time::timeout(limits.drain_timeout.0, drain).await.is_err() {
+        if tokio::time::timeout(limits.drain_timeout.0, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("in-flight messages still running after the drain timeout; dropped");
         }
     }
@@ -356,7 +416,10 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
 
 /// The next batch of backend log lines: waits for one, then takes what else is queued, up to `batch`.
 /// `None` when the log channel is gone.
-async fn next_logs(rx: &mut Option<broadcast::Receiver<Arc<str>>>, batch: usize) -> Option<Vec<Arc<str>>> {
+async fn next_logs(
+    rx: &mut Option<broadcast::Receiver<Arc<str>>>,
+    batch: usize,
+) -> Option<Vec<Arc<str>>> {
     let rx = rx.as_mut()?;
     let mut lines = Vec::new();
     loop {
@@ -366,7 +429,10 @@ async fn next_logs(rx: &mut Option<broadcast::Receiver<Arc<str>>>, batch: usize)
                 break;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::debug!(dropped = n, "client is behind on backend logs; dropped the oldest");
+                tracing::debug!(
+                    dropped = n,
+                    "client is behind on backend logs; dropped the oldest"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => return None,
         }
@@ -406,7 +472,8 @@ where
         code,
         reason: reason.into(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::Close(Some(frame)))).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), tx.send(Message::Close(Some(frame)))).await;
 }
 
 /// Maps a read error to the close code the RFC asks for.
@@ -426,10 +493,16 @@ mod tests {
 
     #[test]
     fn bucket_allows_burst_then_rate() {
-        let mut b = Bucket::new(RateConfig { per_second: 0.0, burst: 3 });
+        let mut b = Bucket::new(RateConfig {
+            per_second: 0.0,
+            burst: 3,
+        });
         assert!(b.take() && b.take() && b.take());
         assert!(!b.take());
-        let mut b = Bucket::new(RateConfig { per_second: 1000.0, burst: 1 });
+        let mut b = Bucket::new(RateConfig {
+            per_second: 1000.0,
+            burst: 1,
+        });
         assert!(b.take());
         b.last -= Duration::from_millis(5);
         assert!(b.take());

@@ -65,7 +65,10 @@ impl fmt::Debug for Template {
             Template::Const(s) => write!(f, "Const({s})"),
             Template::Expr(e) => write!(f, "Expr({e})"),
             Template::Text(p) => f.debug_list().entries(p.iter()).finish(),
-            Template::Object(o) => f.debug_map().entries(o.iter().map(|(k, v)| (k, v))).finish(),
+            Template::Object(o) => f
+                .debug_map()
+                .entries(o.iter().map(|(k, v)| (k, v)))
+                .finish(),
             Template::Array(a) => f.debug_list().entries(a.iter()).finish(),
         }
     }
@@ -211,7 +214,9 @@ impl Template {
     /// Object fields whose key is `key` (pre-escaped form aside): used by checks.
     pub fn has_key(&self, key: &str) -> bool {
         match self {
-            Template::Object(o) => o.iter().any(|(k, _)| k.trim_end_matches(':').trim_matches('"') == key),
+            Template::Object(o) => o
+                .iter()
+                .any(|(k, _)| k.trim_end_matches(':').trim_matches('"') == key),
             Template::Const(s) => serde_json::from_str::<Value>(s)
                 .ok()
                 .and_then(|v| v.as_object().map(|m| m.contains_key(key)))
@@ -223,7 +228,9 @@ impl Template {
     /// Folds expression-free subtrees into pre-serialized constants.
     fn fold_consts(self) -> Template {
         match self {
-            Template::Object(fields) if fields.iter().all(|(_, t)| matches!(t, Template::Const(_))) => {
+            Template::Object(fields)
+                if fields.iter().all(|(_, t)| matches!(t, Template::Const(_))) =>
+            {
                 let mut s = String::from("{");
                 for (i, (k, t)) in fields.iter().enumerate() {
                     if i > 0 {
@@ -452,7 +459,10 @@ fn parse_expr(src: &str, scope: Scope) -> Result<Expr, TemplateError> {
     let root = segs.next().unwrap_or_default();
     let rest: Vec<&str> = segs.collect();
     if rest.iter().any(|s| s.is_empty()) {
-        return Err(TemplateError::Unknown(src.to_owned(), "empty path segment".to_owned()));
+        return Err(TemplateError::Unknown(
+            src.to_owned(),
+            "empty path segment".to_owned(),
+        ));
     }
     let path = || -> Box<[Box<str>]> { rest.iter().map(|s| Box::from(*s)).collect() };
     let unknown = |why: &str| TemplateError::Unknown(src.to_owned(), why.to_owned());
@@ -486,7 +496,10 @@ fn parse_expr(src: &str, scope: Scope) -> Result<Expr, TemplateError> {
         }
     };
     if !scope.has(needed) {
-        return Err(TemplateError::NotInScope(src.to_owned(), scope_names(scope)));
+        return Err(TemplateError::NotInScope(
+            src.to_owned(),
+            scope_names(scope),
+        ));
     }
     Ok(expr)
 }
@@ -508,7 +521,9 @@ fn resolve<'a>(e: &'a Expr, ctx: &Ctx<'a>) -> Val<'a> {
         Expr::Message(p) => absent_if_none(ctx.message.and_then(|m| lookup(m, p)).map(Val::Json)),
         Expr::ConnectionId => absent_if_none(ctx.connection_id.map(Val::Str)),
         Expr::ResponseStatus => absent_if_none(ctx.response.map(|r| Val::Num(u64::from(r.status)))),
-        Expr::ResponseJson(p) if p.is_empty() => absent_if_none(ctx.response.map(|r| Val::Body(r.body))),
+        Expr::ResponseJson(p) if p.is_empty() => {
+            absent_if_none(ctx.response.map(|r| Val::Body(r.body)))
+        }
         Expr::ResponseJson(p) => absent_if_none(
             ctx.response
                 .and_then(|r| r.parsed.as_ref())
@@ -604,27 +619,46 @@ mod tests {
     #[test]
     fn whole_expression_keeps_type() {
         let msg = json!({"n": 3, "o": {"a": [1, true]}, "s": "x"});
-        let ctx = Ctx { message: Some(&msg), ..Default::default() };
-        let out = render(&json!({"n": "${message.n}", "o": "${message.o}", "a1": "${message.o.a.1}"}), &ctx);
+        let ctx = Ctx {
+            message: Some(&msg),
+            ..Default::default()
+        };
+        let out = render(
+            &json!({"n": "${message.n}", "o": "${message.o}", "a1": "${message.o.a.1}"}),
+            &ctx,
+        );
         assert_eq!(out, json!({"n": 3, "o": {"a": [1, true]}, "a1": true}));
     }
 
     #[test]
     fn interpolation_is_text() {
         let msg = json!({"type": "nope", "n": 3});
-        let ctx = Ctx { message: Some(&msg), connection_id: Some("abcd1234"), ..Default::default() };
+        let ctx = Ctx {
+            message: Some(&msg),
+            connection_id: Some("abcd1234"),
+            ..Default::default()
+        };
         let out = render(
             &json!({"e": "Unknown message type: ${message.type}", "c": "${connection.id}/${message.n}!"}),
             &ctx,
         );
-        assert_eq!(out, json!({"e": "Unknown message type: nope", "c": "abcd1234/3!"}));
+        assert_eq!(
+            out,
+            json!({"e": "Unknown message type: nope", "c": "abcd1234/3!"})
+        );
     }
 
     #[test]
     fn absent_values_drop_their_key() {
         let msg = json!({});
-        let ctx = Ctx { message: Some(&msg), ..Default::default() };
-        let out = render(&json!({"type": "x", "sid": "${message.sessionId}", "t": "a${message.missing}b"}), &ctx);
+        let ctx = Ctx {
+            message: Some(&msg),
+            ..Default::default()
+        };
+        let out = render(
+            &json!({"type": "x", "sid": "${message.sessionId}", "t": "a${message.missing}b"}),
+            &ctx,
+        );
         assert_eq!(out, json!({"type": "x", "t": "ab"}));
     }
 
@@ -637,19 +671,52 @@ mod tests {
 
     #[test]
     fn response_body_json_or_text_and_base64() {
-        let r = ResponseVars { status: 200, body: b"{\"a\": 1}", content_type: "application/json", parsed: None };
-        let ctx = Ctx { response: Some(&r), ..Default::default() };
+        let r = ResponseVars {
+            status: 200,
+            body: b"{\"a\": 1}",
+            content_type: "application/json",
+            parsed: None,
+        };
+        let ctx = Ctx {
+            response: Some(&r),
+            ..Default::default()
+        };
         assert_eq!(
-            render(&json!({"d": "${response.json}", "s": "${response.status}"}), &ctx),
+            render(
+                &json!({"d": "${response.json}", "s": "${response.status}"}),
+                &ctx
+            ),
             json!({"d": {"a": 1}, "s": 200})
         );
-        let r = ResponseVars { status: 500, body: b"oops \"x\"", content_type: "text/plain", parsed: None };
-        let ctx = Ctx { response: Some(&r), ..Default::default() };
-        assert_eq!(render(&json!({"d": "${response.json}"}), &ctx), json!({"d": "oops \"x\""}));
-        let r = ResponseVars { status: 200, body: &[0, 1, 2, 255], content_type: "video/mp4", parsed: None };
-        let ctx = Ctx { response: Some(&r), ..Default::default() };
+        let r = ResponseVars {
+            status: 500,
+            body: b"oops \"x\"",
+            content_type: "text/plain",
+            parsed: None,
+        };
+        let ctx = Ctx {
+            response: Some(&r),
+            ..Default::default()
+        };
         assert_eq!(
-            render(&json!({"b": "${response.base64}", "l": "${response.length}", "c": "${response.content_type}"}), &ctx),
+            render(&json!({"d": "${response.json}"}), &ctx),
+            json!({"d": "oops \"x\""})
+        );
+        let r = ResponseVars {
+            status: 200,
+            body: &[0, 1, 2, 255],
+            content_type: "video/mp4",
+            parsed: None,
+        };
+        let ctx = Ctx {
+            response: Some(&r),
+            ..Default::default()
+        };
+        assert_eq!(
+            render(
+                &json!({"b": "${response.base64}", "l": "${response.length}", "c": "${response.content_type}"}),
+                &ctx
+            ),
             json!({"b": "AAEC/w==", "l": 4, "c": "video/mp4"})
         );
     }
@@ -660,16 +727,33 @@ mod tests {
         assert!(matches!(t, Template::Const(_)));
         let mut out = Vec::new();
         t.render_reply(&Ctx::default(), Some(&json!({"k": [1]})), &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"request_id":{"k":[1]},"type":"pong"}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"request_id":{"k":[1]},"type":"pong"}"#
+        );
         let t = Template::compile(&json!({}), all()).unwrap();
         let mut out = Vec::new();
         t.render_reply(&Ctx::default(), Some(&json!("r1")), &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"request_id":"r1"}"#);
         let msg = json!({"x": 1});
-        let t = Template::compile(&json!({"type": "t", "x": "${message.x}", "y": "${message.y}"}), all()).unwrap();
+        let t = Template::compile(
+            &json!({"type": "t", "x": "${message.x}", "y": "${message.y}"}),
+            all(),
+        )
+        .unwrap();
         let mut out = Vec::new();
-        t.render_reply(&Ctx { message: Some(&msg), ..Default::default() }, Some(&json!(7)), &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"request_id":7,"type":"t","x":1}"#);
+        t.render_reply(
+            &Ctx {
+                message: Some(&msg),
+                ..Default::default()
+            },
+            Some(&json!(7)),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"request_id":7,"type":"t","x":1}"#
+        );
     }
 
     #[test]

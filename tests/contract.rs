@@ -15,14 +15,20 @@ use serde_json::{Value, json};
 
 fn table(routes: &Path) -> RouteTable {
     let loaded = scope_router::config::load(routes).unwrap();
-    let backend = Arc::new(Backend::new(&loaded.file.backend.url, &loaded.file.backend.pool));
+    let backend = Arc::new(Backend::new(
+        &loaded.file.backend.url,
+        &loaded.file.backend.pool,
+    ));
     RouteTable::compile(loaded, backend).unwrap()
 }
 
 /// A copy of the default routes in a tempdir, with `edit` applied and the schema path made absolute.
 fn edited_routes(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
-    let text = text.replace("schemas: schemas", &format!("schemas: {}", repo().join("schemas").display()));
+    let text = text.replace(
+        "schemas: schemas",
+        &format!("schemas: {}", repo().join("schemas").display()),
+    );
     let edited = edit(text.clone());
     assert_ne!(edited, text, "the edit changed nothing");
     let p = dir.join("routes.yaml");
@@ -35,7 +41,9 @@ async fn run_all(routes: &Path) -> Vec<(String, Option<String>)> {
     let m = mock(&[]);
     let r = router(routes, &m.http(), &[]);
     let table = table(routes);
-    let mut runner = contract::Runner::connect(&table, &r.ws_url()).await.unwrap();
+    let mut runner = contract::Runner::connect(&table, &r.ws_url())
+        .await
+        .unwrap();
     let mut out = Vec::new();
     for case in contract::cases(&table) {
         let refused = matches!(case.expect, Expect::Refused { .. });
@@ -43,7 +51,11 @@ async fn run_all(routes: &Path) -> Vec<(String, Option<String>)> {
         let result = runner.run_case(case).await;
         if refused {
             let after = mock_stats(&m).await["total"].as_u64().unwrap();
-            assert_eq!(before, after, "{}: a refused message reached the backend", result.case.name);
+            assert_eq!(
+                before, after,
+                "{}: a refused message reached the backend",
+                result.case.name
+            );
         }
         out.push((result.case.name, result.failure));
     }
@@ -56,11 +68,28 @@ async fn every_example_of_the_default_routes_keeps_the_contract() {
     let routes = repo().join("routes.yaml");
     let cases = contract::cases(&table(&routes));
     // Every inbound route is covered, both ways where the schema has invalid examples.
-    for route in ["ping", "get_ice_servers", "offer", "icecandidate", "api", "$default"] {
-        assert!(cases.iter().any(|c| c.route == route && c.expect == Expect::Valid), "no valid case for {route}");
+    for route in [
+        "ping",
+        "get_ice_servers",
+        "offer",
+        "icecandidate",
+        "api",
+        "$default",
+    ] {
+        assert!(
+            cases
+                .iter()
+                .any(|c| c.route == route && c.expect == Expect::Valid),
+            "no valid case for {route}"
+        );
     }
     for route in ["offer", "icecandidate", "api"] {
-        assert!(cases.iter().any(|c| c.route == route && c.expect != Expect::Valid), "no invalid case for {route}");
+        assert!(
+            cases
+                .iter()
+                .any(|c| c.route == route && c.expect != Expect::Valid),
+            "no invalid case for {route}"
+        );
     }
     let results = run_all(&routes).await;
     let failures: Vec<_> = results.iter().filter(|(_, f)| f.is_some()).collect();
@@ -80,8 +109,18 @@ async fn a_field_removed_from_a_reply_template_breaks_the_contract() {
     let results = run_all(&routes).await;
     let broken: Vec<_> = results.iter().filter(|(_, f)| f.is_some()).collect();
     assert!(!broken.is_empty(), "removing `status` must fail a case");
-    assert!(broken.iter().all(|(name, _)| name.starts_with("get_ice_servers#")), "{broken:#?}");
-    assert!(broken.iter().any(|(_, f)| f.as_deref().unwrap().contains("status")), "{broken:#?}");
+    assert!(
+        broken
+            .iter()
+            .all(|(name, _)| name.starts_with("get_ice_servers#")),
+        "{broken:#?}"
+    );
+    assert!(
+        broken
+            .iter()
+            .any(|(_, f)| f.as_deref().unwrap().contains("status")),
+        "{broken:#?}"
+    );
 }
 
 #[tokio::test]
@@ -121,7 +160,10 @@ async fn a_new_route_with_a_schema_and_examples_adds_passing_cases() {
     let cases = contract::cases(&table(&routes));
     assert_eq!(cases.iter().filter(|c| c.route == "status").count(), 3);
     let results = run_all(&routes).await;
-    let status: Vec<_> = results.iter().filter(|(n, _)| n.starts_with("status#")).collect();
+    let status: Vec<_> = results
+        .iter()
+        .filter(|(n, _)| n.starts_with("status#"))
+        .collect();
     assert_eq!(status.len(), 3);
     assert!(status.iter().all(|(_, f)| f.is_none()), "{status:#?}");
 }
@@ -133,7 +175,10 @@ fn check_cmd(url: &str, routes: &Path, extra: &[&str]) -> (bool, String) {
         .args(extra)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -149,7 +194,10 @@ async fn check_passes_against_the_local_router_and_fails_against_a_broken_one() 
     .unwrap();
     assert!(ok, "{out}");
     assert!(out.contains("PASS  offer#0"), "{out}");
-    assert!(out.lines().last().unwrap().ends_with(" passed, 0 failed"), "{out}");
+    assert!(
+        out.lines().last().unwrap().ends_with(" passed, 0 failed"),
+        "{out}"
+    );
 
     // Without --include-mutating the offer is skipped.
     let url = r.ws_url();
@@ -160,42 +208,73 @@ async fn check_passes_against_the_local_router_and_fails_against_a_broken_one() 
     .await
     .unwrap();
     assert!(ok, "{out}");
-    assert!(!out.contains("PASS  offer#0") && out.contains("PASS  ping#0"), "{out}");
+    assert!(
+        !out.contains("PASS  offer#0") && out.contains("PASS  ping#0"),
+        "{out}"
+    );
     assert!(out.contains("skipped"), "{out}");
 
     // A router whose pong lost its type breaks the contract that `routes` describes.
     let dir = tempfile::tempdir().unwrap();
-    let broken = edited_routes(dir.path(), |t| t.replace("reply: { type: pong }", "reply: { type: pong_v2 }"));
+    let broken = edited_routes(dir.path(), |t| {
+        t.replace("reply: { type: pong }", "reply: { type: pong_v2 }")
+    });
     let m2 = mock(&[]);
     let r2 = router(&broken, &m2.http(), &[]);
     let url2 = r2.ws_url();
-    let (ok, out) = tokio::task::spawn_blocking(move || check_cmd(&url2, &routes, &["--only", "ping"]))
-        .await
-        .unwrap();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || check_cmd(&url2, &routes, &["--only", "ping"]))
+            .await
+            .unwrap();
     assert!(!ok, "{out}");
     assert!(out.contains("FAIL  ping#0"), "{out}");
 }
 
 #[test]
 fn asyncapi_document_lists_every_route() {
-    let out = Command::new(ROUTER).args(["asyncapi", "--routes"]).arg(repo().join("routes.yaml")).output().unwrap();
+    let out = Command::new(ROUTER)
+        .args(["asyncapi", "--routes"])
+        .arg(repo().join("routes.yaml"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["asyncapi"], "3.0.0");
     assert_eq!(doc["channels"]["ws"]["address"], "/ws");
     let ops = doc["operations"].as_object().unwrap();
-    for route in ["ping", "get_ice_servers", "offer", "icecandidate", "api", "unknown"] {
+    for route in [
+        "ping",
+        "get_ice_servers",
+        "offer",
+        "icecandidate",
+        "api",
+        "unknown",
+    ] {
         let op = &ops[route];
         assert_eq!(op["action"], "receive", "{route}");
         // Every reference resolves inside the document.
-        for r in op["messages"].as_array().unwrap().iter().chain(op["reply"]["messages"].as_array().into_iter().flatten()) {
+        for r in op["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(op["reply"]["messages"].as_array().into_iter().flatten())
+        {
             let pointer = r["$ref"].as_str().unwrap().trim_start_matches('#');
-            let target = doc.pointer(pointer).unwrap_or_else(|| panic!("dangling {pointer}"));
-            let msg = doc.pointer(target["$ref"].as_str().unwrap().trim_start_matches('#')).unwrap();
+            let target = doc
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling {pointer}"));
+            let msg = doc
+                .pointer(target["$ref"].as_str().unwrap().trim_start_matches('#'))
+                .unwrap();
             assert!(msg["name"].is_string());
         }
     }
-    assert!(ops["ping"]["reply"]["messages"][0]["$ref"].as_str().unwrap().ends_with("/pong"));
+    assert!(
+        ops["ping"]["reply"]["messages"][0]["$ref"]
+            .as_str()
+            .unwrap()
+            .ends_with("/pong")
+    );
     assert!(doc["components"]["messages"]["offer"]["payload"]["properties"]["sdp"].is_object());
 }
 
@@ -208,24 +287,45 @@ fn every_schema_accepts_its_examples_and_refuses_its_invalid_ones() {
             continue;
         }
         let s = scope_router::validate::CompiledSchema::load(&path).unwrap();
-        assert!(!s.examples().is_empty(), "{} has no examples", path.display());
+        assert!(
+            !s.examples().is_empty(),
+            "{} has no examples",
+            path.display()
+        );
         for ex in s.examples() {
-            assert_eq!(s.check(ex), None, "{}: example refused: {ex}", path.display());
+            assert_eq!(
+                s.check(ex),
+                None,
+                "{}: example refused: {ex}",
+                path.display()
+            );
         }
         for bad in s.invalid_examples() {
-            let problem = s.check(&bad.message).unwrap_or_else(|| panic!("{}: invalid example accepted: {}", path.display(), bad.why));
-            assert!(problem.contains(&bad.field), "{}: {:?} does not name {}", path.display(), problem, bad.field);
+            let problem = s.check(&bad.message).unwrap_or_else(|| {
+                panic!("{}: invalid example accepted: {}", path.display(), bad.why)
+            });
+            assert!(
+                problem.contains(&bad.field),
+                "{}: {:?} does not name {}",
+                path.display(),
+                problem,
+                bad.field
+            );
         }
         checked += 1;
     }
-    assert!(checked >= 13, "inbound and outbound schemas expected, found {checked}");
+    assert!(
+        checked >= 13,
+        "inbound and outbound schemas expected, found {checked}"
+    );
 }
 
 #[tokio::test]
 async fn validate_replies_warn_logs_a_broken_reply() {
     let dir = tempfile::tempdir().unwrap();
     let routes = edited_routes(dir.path(), |t| {
-        t.replace("reply: { type: pong }", "reply: { type: pong_v2 }").replace("version: 1\n", "version: 1\nvalidate_replies: warn\n")
+        t.replace("reply: { type: pong }", "reply: { type: pong_v2 }")
+            .replace("version: 1\n", "version: 1\nvalidate_replies: warn\n")
     });
     let m = mock(&[]);
     let r = router(&routes, &m.http(), &[]);

@@ -14,33 +14,68 @@ fn fal_dir() -> std::path::PathBuf {
 
 #[test]
 fn fal_app_compiles_and_prints_its_start_command() {
-    let ok = Command::new("python3").args(["-m", "py_compile"]).arg(fal_dir().join("fal_app.py")).status().unwrap();
+    let ok = Command::new("python3")
+        .args(["-m", "py_compile"])
+        .arg(fal_dir().join("fal_app.py"))
+        .status()
+        .unwrap();
     assert!(ok.success());
-    let out = Command::new("python3").arg(fal_dir().join("fal_app.py")).arg("--print-command").output().unwrap();
+    let out = Command::new("python3")
+        .arg(fal_dir().join("fal_app.py"))
+        .arg("--print-command")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let cmd: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cmd[1], "serve");
-    assert!(cmd.windows(2).any(|w| w[0] == "--listen" && w[1] == "0.0.0.0:8080"), "{cmd:?}");
-    assert!(cmd.windows(2).any(|w| w[0] == "--routes" && w[1].ends_with("examples/fal/routes.yaml")), "{cmd:?}");
+    assert!(
+        cmd.windows(2)
+            .any(|w| w[0] == "--listen" && w[1] == "0.0.0.0:8080"),
+        "{cmd:?}"
+    );
+    assert!(
+        cmd.windows(2)
+            .any(|w| w[0] == "--routes" && w[1].ends_with("examples/fal/routes.yaml")),
+        "{cmd:?}"
+    );
 }
 
 #[test]
 fn fal_routes_validate_and_run_the_real_scope_command() {
     let routes = fal_dir().join("routes.yaml");
-    let out = Command::new(ROUTER).args(["validate", "--routes"]).arg(&routes).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(ROUTER)
+        .args(["validate", "--routes"])
+        .arg(&routes)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&routes).unwrap();
     assert!(text.contains(r#"command: ["uv", "run", "daydream-scope", "--no-browser""#));
     // The Dockerfile lays files out as routes.yaml expects.
     let docker = std::fs::read_to_string(fal_dir().join("Dockerfile")).unwrap();
-    assert!(docker.contains("/opt/scope-router/examples/fal/routes.yaml") && docker.contains("/opt/scope-router/schemas"));
+    assert!(
+        docker.contains("/opt/scope-router/examples/fal/routes.yaml")
+            && docker.contains("/opt/scope-router/schemas")
+    );
 }
 
 #[tokio::test]
 async fn the_start_command_serves_with_mock_scope_in_place_of_scope() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let router_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let backend_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let router_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // The fal routes, with mock-scope standing in for `uv run daydream-scope`.
     let text = std::fs::read_to_string(fal_dir().join("routes.yaml"))
         .unwrap()
@@ -68,10 +103,18 @@ async fn the_start_command_serves_with_mock_scope_in_place_of_scope() {
         (code == 200).then_some(body)
     })
     .await;
-    assert_eq!(ready["backend"]["url"], format!("http://127.0.0.1:{backend_port}"));
+    assert_eq!(
+        ready["backend"]["url"],
+        format!("http://127.0.0.1:{backend_port}")
+    );
     let mut ws = Ws::connect(&app.ws_url()).await;
     assert_eq!(ws.call("p", json!({"type": "ping"})).await["type"], "pong");
-    let v = ws.call("s", json!({"type": "api", "method": "GET", "path": "/api/v1/pipeline/status"})).await;
+    let v = ws
+        .call(
+            "s",
+            json!({"type": "api", "method": "GET", "path": "/api/v1/pipeline/status"}),
+        )
+        .await;
     assert_eq!(v["status"], 200);
     // JSON logs, as the start command asks for.
     let line = app.wait_for_line("\"backend is healthy\"").await;
@@ -79,12 +122,23 @@ async fn the_start_command_serves_with_mock_scope_in_place_of_scope() {
 
     // fal stops the runner with SIGTERM: the router (exec'd in place of python) stops Scope too.
     let pid = app.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     assert_eq!(ws.closed().await, Some(1001));
-    let (status, _app) = tokio::task::spawn_blocking(move || (app.child.wait().unwrap(), app)).await.unwrap();
+    let (status, _app) = tokio::task::spawn_blocking(move || (app.child.wait().unwrap(), app))
+        .await
+        .unwrap();
     assert!(status.success(), "{status:?}");
     eventually("the backend port to be free", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", backend_port)).await.is_err().then_some(())
+        tokio::net::TcpStream::connect(("127.0.0.1", backend_port))
+            .await
+            .is_err()
+            .then_some(())
     })
     .await;
 }

@@ -42,7 +42,11 @@ fn fixture() -> Fixture {
     std::fs::copy(repo().join("schemas/ping.json"), schemas.join("ping.json")).unwrap();
     let routes = dir.path().join("routes.yaml");
     std::fs::write(&routes, routes_text(&schemas, "A", "")).unwrap();
-    Fixture { dir, routes, schemas }
+    Fixture {
+        dir,
+        routes,
+        schemas,
+    }
 }
 
 fn start(routes: &Path, extra: &[&str]) -> Proc {
@@ -69,7 +73,10 @@ async fn until_variant(ws: &mut Ws, want: &str, tag: &str) {
         if ping_variant(ws, &format!("{tag}-{k}")).await == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{tag}: variant {want} never answered");
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: variant {want} never answered"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -151,12 +158,19 @@ async fn invalid_files_keep_the_old_routes_and_say_where() {
         ),
         (
             "unknown field",
-            routes_text(&f.schemas, "B", "").replace("    schema: ping.json\n", "    schema: ping.json\n    shema: oops\n"),
+            routes_text(&f.schemas, "B", "").replace(
+                "    schema: ping.json\n",
+                "    schema: ping.json\n    shema: oops\n",
+            ),
             "routes.yaml:8:5: unknown field `shema`",
         ),
         (
             "schema that does not compile",
-            routes_text(&f.schemas, "B", "  broken:\n    schema: broken.json\n    reply: { type: x }\n"),
+            routes_text(
+                &f.schemas,
+                "B",
+                "  broken:\n    schema: broken.json\n    reply: { type: x }\n",
+            ),
             "routes.yaml:10:",
         ),
     ];
@@ -165,16 +179,32 @@ async fn invalid_files_keep_the_old_routes_and_say_where() {
         std::fs::write(&f.routes, &text).unwrap();
         let cfg = eventually(what, || async {
             let cfg = admin(&r).await;
-            cfg["last_reload_error"].as_str().is_some_and(|e| e.contains(needle)).then_some(cfg)
+            cfg["last_reload_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(needle))
+                .then_some(cfg)
         })
         .await;
         assert_eq!(cfg["version"], good_version, "{what}: table changed");
-        assert_eq!(ping_variant(&mut ws, &format!("p-{what}")).await, "A", "{what}: old routes must keep serving");
+        assert_eq!(
+            ping_variant(&mut ws, &format!("p-{what}")).await,
+            "A",
+            "{what}: old routes must keep serving"
+        );
         let (_, ready) = get_json(&format!("{}/readyz", r.http())).await;
-        assert!(ready["config"]["last_reload_error"].as_str().unwrap().contains(needle), "{ready}");
+        assert!(
+            ready["config"]["last_reload_error"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{ready}"
+        );
     }
     let (_, metrics) = http(&format!("{}/metrics", r.http()), "GET", None).await;
-    assert!(metrics.contains("scope_router_reload_total{result=\"error\"}"), "{metrics}");
+    assert!(
+        metrics.contains("scope_router_reload_total{result=\"error\"}"),
+        "{metrics}"
+    );
 
     // A good file clears the error.
     std::fs::write(&f.routes, routes_text(&f.schemas, "B", "")).unwrap();
@@ -219,10 +249,19 @@ async fn a_new_route_and_its_schema_go_live_together() {
     std::fs::write(&f.routes, routes_text(&f.schemas, "A", route)).unwrap();
     let cfg = eventually("the failed reload", || async {
         let cfg = admin(&r).await;
-        cfg["last_reload_error"].as_str().is_some_and(|e| e.contains("greet.json")).then_some(cfg)
+        cfg["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("greet.json"))
+            .then_some(cfg)
     })
     .await;
-    assert!(cfg["routes"].as_array().unwrap().iter().all(|r| r["name"] != "greet"));
+    assert!(
+        cfg["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["name"] != "greet")
+    );
     // Meanwhile the route does not exist at all (never without its schema).
     let v = ws.call("g0", json!({"type": "greet"})).await;
     assert_eq!(v["error"], "Unknown message type: greet");
@@ -256,11 +295,15 @@ async fn sighup_reloads_without_a_watcher_and_restart_only_fields_are_reported()
     let f = fixture();
     let r = start(&f.routes, &["--no-watch"]);
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let text = routes_text(&f.schemas, "B", "").replace("listen: \"127.0.0.1:0\"", "listen: \"127.0.0.1:1\"");
+    let text = routes_text(&f.schemas, "B", "")
+        .replace("listen: \"127.0.0.1:0\"", "listen: \"127.0.0.1:1\"");
     std::fs::write(&f.routes, &text).unwrap();
     // No watcher: nothing changes until SIGHUP. (A ping round trip proves the router is serving.)
     assert_eq!(ping_variant(&mut ws, "h0").await, "A");
-    let ok = Command::new("kill").args(["-HUP", &r.child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-HUP", &r.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
     until_variant(&mut ws, "B", "hup").await;
     // `--listen` was given on the command line, so a changed `listen` is no news...
@@ -271,15 +314,25 @@ async fn sighup_reloads_without_a_watcher_and_restart_only_fields_are_reported()
 async fn restart_only_fields_are_reported() {
     let f = fixture();
     let mut cmd = Command::new(ROUTER);
-    cmd.args(["serve", "--routes"]).arg(&f.routes).args(["--reload-debounce", DEBOUNCE, "--no-supervise"]);
+    cmd.args(["serve", "--routes"]).arg(&f.routes).args([
+        "--reload-debounce",
+        DEBOUNCE,
+        "--no-supervise",
+    ]);
     let r = Proc::start(cmd, "scope-router listening on");
     let text = routes_text(&f.schemas, "B", "")
         .replace("listen: \"127.0.0.1:0\"", "listen: \"127.0.0.1:1\"")
-        .replace("backend: { url: \"http://127.0.0.1:9\" }", "backend: { url: \"http://127.0.0.1:10\", command: [\"true\"] }");
+        .replace(
+            "backend: { url: \"http://127.0.0.1:9\" }",
+            "backend: { url: \"http://127.0.0.1:10\", command: [\"true\"] }",
+        );
     std::fs::write(&f.routes, &text).unwrap();
     let cfg = eventually("pending restart fields", || async {
         let cfg = admin(&r).await;
-        (cfg["pending_restart"].as_array().is_some_and(|a| !a.is_empty())).then_some(cfg)
+        (cfg["pending_restart"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()))
+        .then_some(cfg)
     })
     .await;
     assert_eq!(cfg["pending_restart"], json!(["listen", "backend.command"]));
@@ -295,19 +348,31 @@ fn schema_command_matches_the_checked_in_file() {
     let out = Command::new(ROUTER).arg("schema").output().unwrap();
     assert!(out.status.success());
     let checked_in = std::fs::read_to_string(repo().join("schemas/routes.schema.json")).unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), checked_in.trim_end());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim_end(),
+        checked_in.trim_end()
+    );
 }
 
 #[test]
 fn shipped_routes_files_validate_against_the_routes_schema() {
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(repo().join("schemas/routes.schema.json")).unwrap()).unwrap();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/routes.schema.json")).unwrap(),
+    )
+    .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     for file in ["routes.yaml", "examples/local/routes.yaml"] {
         let text = std::fs::read_to_string(repo().join(file)).unwrap();
         let first = text.lines().next().unwrap();
-        assert!(first.starts_with("# yaml-language-server: $schema="), "{file} lacks the editor schema line");
+        assert!(
+            first.starts_with("# yaml-language-server: $schema="),
+            "{file} lacks the editor schema line"
+        );
         let doc: Value = serde_saphyr::from_str(&text).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
         assert!(errors.is_empty(), "{file}: {errors:?}");
     }
 }

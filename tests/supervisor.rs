@@ -10,7 +10,11 @@ use common::*;
 use serde_json::{Value, json};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Writes a routes file whose backend is `command`, listening on `port`.
@@ -45,14 +49,22 @@ routes:
 }
 
 fn mock_cmd(port: u16, extra: &[&str]) -> Vec<String> {
-    let mut v = vec![MOCK.to_owned(), "--host".into(), "127.0.0.1".into(), "--port".into(), port.to_string()];
+    let mut v = vec![
+        MOCK.to_owned(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+    ];
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
 
 fn supervised(routes: &Path, envs: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(ROUTER);
-    cmd.args(["serve", "--routes"]).arg(routes).args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["serve", "--routes"])
+        .arg(routes)
+        .args(["--listen", "127.0.0.1:0"]);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -72,11 +84,17 @@ async fn wait_ready(r: &Proc) -> Value {
 }
 
 fn child_pid(readyz: &Value) -> Option<i32> {
-    readyz["backend"]["supervisor"]["pid"].as_i64().map(|p| p as i32)
+    readyz["backend"]["supervisor"]["pid"]
+        .as_i64()
+        .map(|p| p as i32)
 }
 
 fn kill(pid: i32, sig: &str) {
-    let ok = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} {pid}");
 }
 
@@ -84,10 +102,16 @@ fn kill(pid: i32, sig: &str) {
 fn group_members(pgid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // Fields after the command name, which is in parentheses and may contain spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() > 2 && fields[0] != "Z" && fields[2].parse::<i32>().ok() == Some(pgid) {
             out.push(pid);
@@ -110,17 +134,32 @@ async fn killed_backend_is_restarted_and_the_gap_gets_a_fast_error() {
     let first = wait_ready(&r).await;
     let pid = child_pid(&first).expect("pid in /readyz");
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let ok = ws.call("a1", json!({"type": "api", "method": "GET", "path": "/api/v1/pipeline/status"})).await;
+    let ok = ws
+        .call(
+            "a1",
+            json!({"type": "api", "method": "GET", "path": "/api/v1/pipeline/status"}),
+        )
+        .await;
     assert_eq!(ok["status"], 200);
 
     kill(pid, "-9");
-    eventually("router notices the exit", || async { (readyz(&r).await.0 == 503).then_some(()) }).await;
+    eventually("router notices the exit", || async {
+        (readyz(&r).await.0 == 503).then_some(())
+    })
+    .await;
     // In the gap: a backend-bound message is refused fast, a local one still answers.
-    let gap = ws.call("a2", json!({"type": "api", "method": "GET", "path": "/api/v1/pipeline/status"})).await;
+    let gap = ws
+        .call(
+            "a2",
+            json!({"type": "api", "method": "GET", "path": "/api/v1/pipeline/status"}),
+        )
+        .await;
     assert_eq!(gap["type"], "api_response");
     assert_eq!(gap["status"], 503, "{gap}");
     assert_eq!(gap["code"], "BACKEND_UNAVAILABLE");
-    let offer = ws.call("o1", json!({"type": "offer", "sdp": "v=0\r\n"})).await;
+    let offer = ws
+        .call("o1", json!({"type": "offer", "sdp": "v=0\r\n"}))
+        .await;
     assert_eq!(offer["type"], "error");
     assert_eq!(offer["code"], "BACKEND_UNAVAILABLE");
     assert_eq!(ws.call("p1", json!({"type": "ping"})).await["type"], "pong");
@@ -128,9 +167,19 @@ async fn killed_backend_is_restarted_and_the_gap_gets_a_fast_error() {
     let after = wait_ready(&r).await;
     let new_pid = child_pid(&after).expect("new pid");
     assert_ne!(new_pid, pid);
-    assert!(after["backend"]["supervisor"]["restarts_total"].as_u64().unwrap() >= 1);
+    assert!(
+        after["backend"]["supervisor"]["restarts_total"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     // The same connection routes again once the backend is back.
-    let back = ws.call("a3", json!({"type": "api", "method": "GET", "path": "/api/v1/pipeline/status"})).await;
+    let back = ws
+        .call(
+            "a3",
+            json!({"type": "api", "method": "GET", "path": "/api/v1/pipeline/status"}),
+        )
+        .await;
     assert_eq!(back["status"], 200, "{back}");
 }
 
@@ -138,7 +187,11 @@ async fn killed_backend_is_restarted_and_the_gap_gets_a_fast_error() {
 async fn crash_loop_backs_off_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cmd = vec!["sh".to_owned(), "-c".to_owned(), "echo crashing; exit 3".to_owned()];
+    let cmd = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo crashing; exit 3".to_owned(),
+    ];
     let routes = routes_file(
         dir.path(),
         port,
@@ -170,30 +223,51 @@ async fn crash_loop_backs_off_and_is_reported() {
     // Each gap at least the jittered backoff floor; and the sequence grows.
     for (i, g) in gaps.iter().enumerate() {
         let floor = 0.2 * 2f64.powi(i as i32) * 0.8;
-        assert!(*g >= floor * 0.95, "gap {i} = {g:.3}s < {floor:.3}s; gaps {gaps:?}");
+        assert!(
+            *g >= floor * 0.95,
+            "gap {i} = {g:.3}s < {floor:.3}s; gaps {gaps:?}"
+        );
     }
     assert!(gaps[3] > gaps[0] * 2.0, "no backoff growth: {gaps:?}");
     let (code, body) = readyz(&r).await;
     assert_eq!(code, 503);
     assert_eq!(body["backend"]["supervisor"]["crash_loop"], true, "{body}");
     let (_, metrics) = http(&format!("{}/metrics", r.http()), "GET", None).await;
-    assert!(metrics.contains("scope_router_backend_crash_loop 1"), "{metrics}");
+    assert!(
+        metrics.contains("scope_router_backend_crash_loop 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn slow_start_stays_not_ready_until_healthy() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let routes = routes_file(dir.path(), port, &mock_cmd(port, &["--startup-delay-ms", "2000"]), "");
+    let routes = routes_file(
+        dir.path(),
+        port,
+        &mock_cmd(port, &["--startup-delay-ms", "2000"]),
+        "",
+    );
     let r = supervised(&routes, &[]);
     let (code, body) = readyz(&r).await;
     assert_eq!(code, 503, "{body}");
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let early = ws.call("e1", json!({"type": "api", "method": "GET", "path": "/health"})).await;
+    let early = ws
+        .call(
+            "e1",
+            json!({"type": "api", "method": "GET", "path": "/health"}),
+        )
+        .await;
     assert_eq!(early["status"], 503, "{early}");
     assert_eq!(early["code"], "BACKEND_UNAVAILABLE");
     wait_ready(&r).await;
-    let later = ws.call("e2", json!({"type": "api", "method": "GET", "path": "/health"})).await;
+    let later = ws
+        .call(
+            "e2",
+            json!({"type": "api", "method": "GET", "path": "/health"}),
+        )
+        .await;
     assert_eq!(later["status"], 200, "{later}");
 }
 
@@ -204,12 +278,20 @@ async fn sigterm_leaves_no_process_of_the_child_group() {
     // A shell that starts the backend and a grandchild, like `uv` starting python.
     let script = format!("{MOCK} --host 127.0.0.1 --port {port} & sleep 600 & wait");
     let cmd = vec!["sh".to_owned(), "-c".to_owned(), script];
-    let routes = routes_file(dir.path(), port, &cmd, "  stop: { signal: SIGTERM, grace: 2s }");
+    let routes = routes_file(
+        dir.path(),
+        port,
+        &cmd,
+        "  stop: { signal: SIGTERM, grace: 2s }",
+    );
     let mut r = supervised(&routes, &[]);
     let body = wait_ready(&r).await;
     let pgid = child_pid(&body).unwrap();
     let members = group_members(pgid);
-    assert!(members.len() >= 3, "sh, mock-scope and sleep expected in group {pgid}: {members:?}");
+    assert!(
+        members.len() >= 3,
+        "sh, mock-scope and sleep expected in group {pgid}: {members:?}"
+    );
     let mut ws = Ws::connect(&r.ws_url()).await;
 
     kill(r.child.id() as i32, "-TERM");
@@ -248,7 +330,10 @@ async fn backend_logs_reach_clients_filtered() {
         }
     }
     assert!(seen.iter().any(|l| l.contains("heartbeat")));
-    assert!(!seen.iter().any(|l| l.contains("kafka_publisher")), "excluded logger leaked: {seen:?}");
+    assert!(
+        !seen.iter().any(|l| l.contains("kafka_publisher")),
+        "excluded logger leaked: {seen:?}"
+    );
     // The router's own log has the excluded lines (they are only kept from clients).
     r.wait_for_line("kafka_publisher").await;
 }
@@ -263,7 +348,10 @@ async fn environment_passes_through_to_the_backend() {
         &mock_cmd(port, &[]),
         "  env: { DECLARED_VAR: from-routes, DAYDREAM_SCOPE_LOGS_DIR: /tmp/scope-logs }",
     );
-    let r = supervised(&routes, &[("HF_TOKEN", "hf_test_token"), ("PIPELINE", "passthrough")]);
+    let r = supervised(
+        &routes,
+        &[("HF_TOKEN", "hf_test_token"), ("PIPELINE", "passthrough")],
+    );
     wait_ready(&r).await;
     let mut ws = Ws::connect(&r.ws_url()).await;
     for (name, want) in [
@@ -273,7 +361,10 @@ async fn environment_passes_through_to_the_backend() {
         ("DAYDREAM_SCOPE_LOGS_DIR", "/tmp/scope-logs"),
     ] {
         let v = ws
-            .call(name, json!({"type": "api", "method": "GET", "path": format!("/api/v1/mock/env/{name}")}))
+            .call(
+                name,
+                json!({"type": "api", "method": "GET", "path": format!("/api/v1/mock/env/{name}")}),
+            )
             .await;
         assert_eq!(v["data"]["value"], want, "{name}: {v}");
     }
@@ -299,6 +390,11 @@ async fn unhealthy_backend_is_restarted() {
         (code == 200 && child_pid(&body).is_some_and(|p| p != pid)).then_some(body)
     })
     .await;
-    assert!(after["backend"]["supervisor"]["last_failure"].as_str().unwrap().contains("health probes failed"));
+    assert!(
+        after["backend"]["supervisor"]["last_failure"]
+            .as_str()
+            .unwrap()
+            .contains("health probes failed")
+    );
     r.wait_for_line("backend unhealthy; restarting").await;
 }

@@ -72,11 +72,16 @@ const MAX_ROUTES_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Reads and parses a routes file (structure only; see [`crate::route::RouteTable::compile`] for the rest).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
     if meta.len() > MAX_ROUTES_BYTES {
-        return Err(ConfigError::new(path, format!("file is over {MAX_ROUTES_BYTES} bytes")));
+        return Err(ConfigError::new(
+            path,
+            format!("file is over {MAX_ROUTES_BYTES} bytes"),
+        ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
     let file = parse(path, &text)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let schema_dir = base.join(&file.schemas);
@@ -101,7 +106,10 @@ pub fn parse(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
         }
     })?;
     if file.version != 1 {
-        return Err(ConfigError::new(path, format!("unsupported version {} (only 1 exists)", file.version)));
+        return Err(ConfigError::new(
+            path,
+            format!("unsupported version {} (only 1 exists)", file.version),
+        ));
     }
     Ok(file)
 }
@@ -109,7 +117,9 @@ pub fn parse(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
 /// serde-saphyr appends " at line L column C"; we print the place up front instead.
 fn strip_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
-        Some(i) if msg.get(i..).is_some_and(|t| t.contains("column")) => msg.get(..i).unwrap_or(msg).to_owned(),
+        Some(i) if msg.get(i..).is_some_and(|t| t.contains("column")) => {
+            msg.get(..i).unwrap_or(msg).to_owned()
+        }
         _ => msg.to_owned(),
     }
 }
@@ -121,7 +131,11 @@ pub fn version_hash<'a>(text: &str, schema_texts: impl Iterator<Item = &'a [u8]>
     for s in schema_texts {
         h.update(s);
     }
-    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -129,7 +143,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse(Path::new("routes.yaml"), text).unwrap_err().to_string()
+        parse(Path::new("routes.yaml"), text)
+            .unwrap_err()
+            .to_string()
     }
 
     const MIN: &str = "version: 1\nbackend:\n  url: http://127.0.0.1:1\nroutes:\n  ping:\n    reply: { type: pong }\n";
@@ -144,7 +160,10 @@ mod tests {
 
     #[test]
     fn unknown_field_is_placed() {
-        let text = MIN.replace("    reply: { type: pong }", "    reply: { type: pong }\n    replyy: 1");
+        let text = MIN.replace(
+            "    reply: { type: pong }",
+            "    reply: { type: pong }\n    replyy: 1",
+        );
         insta::assert_snapshot!(err(&text), @"routes.yaml:7:5: unknown field `replyy`, expected one of schema, reply_schemas, reply, forward, signaling");
     }
 
@@ -161,16 +180,23 @@ mod tests {
 
     #[test]
     fn bad_duration_is_placed() {
-        let text = MIN.replace("  url: http://127.0.0.1:1", "  url: http://127.0.0.1:1\n  health: { interval: soon }");
+        let text = MIN.replace(
+            "  url: http://127.0.0.1:1",
+            "  url: http://127.0.0.1:1\n  health: { interval: soon }",
+        );
         insta::assert_snapshot!(err(&text), @r#"routes.yaml:4:23: invalid duration "soon": expected number at 0"#);
     }
 
     #[test]
     fn alias_bombs_are_refused() {
-        let mut text = String::from("version: 1\nbackend: { url: 'http://x' }\nroutes: {}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        let mut text = String::from(
+            "version: 1\nbackend: { url: 'http://x' }\nroutes: {}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+        );
         for i in 1..12 {
             let p = i - 1;
-            text.push_str(&format!("x{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+            text.push_str(&format!(
+                "x{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
         }
         assert!(parse(Path::new("bomb.yaml"), &text).is_err());
     }

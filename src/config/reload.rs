@@ -52,7 +52,9 @@ impl Reloader {
                         tracing::warn!(fields = ?pending, "changed fields apply on restart only; the rest is live");
                     }
                     let backend_cfg = &table.source.file.backend;
-                    self.state.backend.set_base(&backend_cfg.url, &backend_cfg.pool);
+                    self.state
+                        .backend
+                        .set_base(&backend_cfg.url, &backend_cfg.pool);
                     let version = table.version.clone();
                     tracing::info!(%version, previous = %current.version, %why, "routes reloaded");
                     self.state.table.store(Arc::new(table));
@@ -90,7 +92,8 @@ impl Reloader {
     fn restart_only_changes(&self, new: &RoutesFile) -> Vec<String> {
         let old = &self.started_with;
         let mut out = Vec::new();
-        let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
         if self.listen_override.is_none() && old.listen != new.listen {
             out.push("listen".to_owned());
         }
@@ -102,13 +105,19 @@ impl Reloader {
             ("backend.health", differs(&a.health, &b.health)),
             ("backend.restart", differs(&a.restart, &b.restart)),
             ("backend.stop", differs(&a.stop, &b.stop)),
-            ("backend.logs.exclude", differs(&a.logs.exclude, &b.logs.exclude)),
+            (
+                "backend.logs.exclude",
+                differs(&a.logs.exclude, &b.logs.exclude),
+            ),
             ("backend.logs.queue", a.logs.queue != b.logs.queue),
             (
                 "backend.pool",
                 a.pool.max_idle != b.pool.max_idle || a.pool.idle_timeout != b.pool.idle_timeout,
             ),
-            ("static_files", differs(&old.static_files, &new.static_files)),
+            (
+                "static_files",
+                differs(&old.static_files, &new.static_files),
+            ),
         ] {
             if changed {
                 out.push(name.to_owned());
@@ -144,7 +153,9 @@ pub fn watch(reloader: Reloader, debounce: Duration) -> Result<(), ConfigError> 
         Some(debounce / 4),
         move |res: notify_debouncer_full::DebounceEventResult| {
             let relevant = match res {
-                Ok(events) => events.iter().any(|e| !matches!(e.kind, EventKind::Access(_))),
+                Ok(events) => events
+                    .iter()
+                    .any(|e| !matches!(e.kind, EventKind::Access(_))),
                 Err(_) => true,
             };
             if relevant {
@@ -154,7 +165,13 @@ pub fn watch(reloader: Reloader, debounce: Duration) -> Result<(), ConfigError> 
         },
     )
     .map_err(|e| ConfigError::new(&reloader.routes, format!("cannot watch: {e}")))?;
-    for dir in watch_dirs(&reloader) {
+    for (i, dir) in watch_dirs(&reloader).into_iter().enumerate() {
+        // The routes directory must be watchable; a schema directory that does not
+        // exist (no route names a schema) is simply not watched.
+        if i > 0 && !dir.is_dir() {
+            tracing::info!(dir = %dir.display(), "schema directory does not exist; not watched");
+            continue;
+        }
         debouncer
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|e| ConfigError::new(&dir, format!("cannot watch: {e}")))?;
@@ -183,14 +200,19 @@ fn watch_dirs(r: &Reloader) -> Vec<PathBuf> {
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+    let p = if p.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        p
+    };
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
 
 /// Reloads on SIGHUP.
 pub fn on_sighup(reloader: Reloader) {
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             return;
         };
         while hup.recv().await.is_some() {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
-use serde_saphyr::Spanned;
 use serde_json::Value;
+use serde_saphyr::Spanned;
 
 /// A whole routes file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -361,7 +361,7 @@ pub enum AuthConfig {
     },
     /// The token is sent to an HTTP authorizer (`Authorization: Bearer …`, JSON body `{"token","connection_id"}`); a 2xx lets the connection in.
     Http {
-        /// The authorizer's URL (http://).
+        /// The authorizer's URL (https:// or http://).
         url: String,
         /// Time the authorizer may take; a timeout denies.
         #[serde(default = "default_auth_timeout")]
@@ -431,6 +431,10 @@ pub struct ForwardConfig {
     /// Requests (`METHOD /glob`) whose JSON object body gets the connection id added as `connection_id`.
     #[serde(default)]
     pub add_connection_id: Vec<String>,
+    /// Uploads by URL (`{"_cdn_url": …}` bodies): the router fetches the file and sends its
+    /// bytes. Off unless hosts are listed: fetching client-supplied URLs is a request-forgery hole.
+    #[serde(default)]
+    pub cdn_uploads: Option<CdnConfig>,
     /// Reply template for a JSON or text response (`response.*` is available).
     pub reply: Value,
     /// Reply template for a binary response (2xx with a binary content type). When absent, binary bodies go through `reply` as base64 text.
@@ -462,6 +466,31 @@ fn default_deny() -> Vec<String> {
 
 fn default_timeout() -> Dur {
     Dur::secs(30)
+}
+
+/// Uploads fetched from a CDN.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CdnConfig {
+    /// Hosts (`host` or `host:port`, exact match) files may be fetched from.
+    pub allow_hosts: Vec<String>,
+    /// Allow `http://` URLs too (local testing); by default only `https://`.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Largest file fetched.
+    #[serde(default = "default_cdn_max")]
+    pub max_bytes: usize,
+    /// Time the fetch may take.
+    #[serde(default = "default_cdn_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_cdn_max() -> usize {
+    512 * 1024 * 1024
+}
+
+fn default_cdn_timeout() -> Dur {
+    Dur::secs(120)
 }
 
 /// A timeout for matching requests.

@@ -53,6 +53,7 @@ pub struct ForwardSpec {
     pub reply_binary: Option<Template>,
     pub on_error: Template,
     pub needs_parsed: bool,
+    pub cdn: Option<crate::config::CdnConfig>,
 }
 
 /// The forward service: cheap to clone, shares the backend pool.
@@ -112,7 +113,9 @@ impl From<BackendError> for Failure {
             BackendError::Unavailable => (503, Some("BACKEND_UNAVAILABLE"), Outcome::Unavailable),
             BackendError::Timeout => (504, None, Outcome::Timeout),
             BackendError::BadRequest(_) => (400, None, Outcome::Rejected),
-            BackendError::TooLarge(_) | BackendError::Failed(_) => (500, None, Outcome::BackendError),
+            BackendError::TooLarge(_) | BackendError::Failed(_) => {
+                (500, None, Outcome::BackendError)
+            }
         };
         Failure {
             status,
@@ -126,7 +129,9 @@ impl From<BackendError> for Failure {
 /// Whether a content type is sent back as base64 rather than JSON or text.
 pub fn is_binary(content_type: &str) -> bool {
     let ct = content_type.trim_start();
-    ["video/", "audio/", "image/"].iter().any(|p| ct.starts_with(p))
+    ["video/", "audio/", "image/"]
+        .iter()
+        .any(|p| ct.starts_with(p))
         || ct.starts_with("application/octet-stream")
 }
 
@@ -196,12 +201,19 @@ impl ForwardSpec {
         let safe = pathsafe::normalize(&raw_path)
             .map_err(|e| Failure::bad(400, format!("Invalid path {raw_path:?}: {e}")))?;
         if !self.allow.is_match(&safe.decoded) || self.deny.is_match(&safe.decoded) {
-            return Err(Failure::bad(403, format!("Path not allowed: {}", safe.decoded)));
+            return Err(Failure::bad(
+                403,
+                format!("Path not allowed: {}", safe.decoded),
+            ));
         }
 
         let mut upload = false;
         let payload: Option<(Bytes, String)> = match body {
             None | Some(Value::Null) => None,
+            Some(Value::Object(obj)) if obj.contains_key("_cdn_url") => {
+                upload = true;
+                Some(self.fetch_cdn(backend, &obj).await?)
+            }
             Some(Value::Object(mut obj)) => {
                 if self.base64_uploads && obj.contains_key("_base64_content") {
                     let content_type = obj
@@ -212,7 +224,10 @@ impl ForwardSpec {
                     let encoded = match obj.get("_base64_content") {
                         Some(Value::String(s)) => s,
                         _ => {
-                            return Err(Failure::bad(400, "_base64_content must be a string".to_owned()));
+                            return Err(Failure::bad(
+                                400,
+                                "_base64_content must be a string".to_owned(),
+                            ));
                         }
                     };
                     let bytes = base64::engine::general_purpose::STANDARD
@@ -226,9 +241,15 @@ impl ForwardSpec {
                         .iter()
                         .any(|(m, g)| *m == method && g.is_match(&safe.decoded))
                     {
-                        obj.insert("connection_id".to_owned(), Value::from(req.conn.id.as_ref()));
+                        obj.insert(
+                            "connection_id".to_owned(),
+                            Value::from(req.conn.id.as_ref()),
+                        );
                     }
-                    Some((json_bytes(&Value::Object(obj)), "application/json".to_owned()))
+                    Some((
+                        json_bytes(&Value::Object(obj)),
+                        "application/json".to_owned(),
+                    ))
                 }
             }
             Some(other) => Some((json_bytes(&other), "application/json".to_owned())),
@@ -256,7 +277,8 @@ impl ForwardSpec {
 
         let status = resp.status.as_u16();
         let template = match &self.reply_binary {
-            Some(t) if resp.status.is_success() && is_binary(&resp.content_type) => t,
+            // As the original: only a 200 with a binary type is sent back as base64.
+            Some(t) if resp.status == hyper::StatusCode::OK && is_binary(&resp.content_type) => t,
             _ => &self.reply,
         };
         let parsed = if self.needs_parsed {
@@ -285,6 +307,90 @@ impl ForwardSpec {
     }
 }
 
+impl ForwardSpec {
+    /// Fetches an upload by URL, from an allowed host only, within the size and time caps.
+    async fn fetch_cdn(
+        &self,
+        backend: &Backend,
+        obj: &serde_json::Map<String, Value>,
+    ) -> Result<(Bytes, String), Failure> {
+        let cdn = self.cdn.as_ref().ok_or_else(|| {
+            Failure::bad(403, "Uploads by URL (_cdn_url) are not enabled".to_owned())
+        })?;
+        let url = obj
+            .get("_cdn_url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Failure::bad(400, "_cdn_url must be a string".to_owned()))?;
+        let uri = cdn_uri(url, cdn)
+            .map_err(|why| Failure::bad(403, format!("_cdn_url refused: {why}")))?;
+        let host = uri.host().unwrap_or_default().to_owned();
+        let resp = backend
+            .send_outbound(Method::GET, uri, None, &[], cdn.timeout.0, cdn.max_bytes)
+            .await
+            .map_err(|e| match e {
+                BackendError::TooLarge(n) => {
+                    Failure::bad(413, format!("_cdn_url file is over {n} bytes"))
+                }
+                BackendError::Timeout => Failure {
+                    status: 504,
+                    message: "CDN fetch timeout".to_owned(),
+                    code: None,
+                    outcome: Outcome::Timeout,
+                },
+                other => Failure {
+                    status: 502,
+                    message: format!("CDN fetch failed: {other}"),
+                    code: None,
+                    outcome: Outcome::BackendError,
+                },
+            })?;
+        if resp.status != hyper::StatusCode::OK {
+            return Err(Failure {
+                status: 502,
+                message: format!("CDN answered {}", resp.status.as_u16()),
+                code: None,
+                outcome: Outcome::BackendError,
+            });
+        }
+        tracing::info!(%host, bytes = resp.body.len(), "fetched upload from CDN");
+        let content_type = obj
+            .get("_content_type")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .filter(|c| !c.is_empty())
+            .or_else(|| (!resp.content_type.is_empty()).then(|| resp.content_type.clone()))
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        Ok((resp.body, content_type))
+    }
+}
+
+/// Checks a client-supplied URL against the CDN allowlist: scheme, no credentials, exact host.
+pub fn cdn_uri(url: &str, cdn: &crate::config::CdnConfig) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if cdn.allow_http => {}
+        Some(other) => return Err(format!("scheme {other} not allowed")),
+        None => return Err("not an absolute URL".to_owned()),
+    }
+    let authority = uri.authority().ok_or("no host")?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in URLs are not allowed".to_owned());
+    }
+    let full = authority.as_str().to_ascii_lowercase();
+    let host = authority.host().to_ascii_lowercase();
+    let allowed = cdn
+        .allow_hosts
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .any(|h| h == full || (authority.port().is_none() && h == host));
+    if allowed {
+        Ok(uri)
+    } else {
+        Err(format!("host {full} is not in cdn_uploads.allow_hosts"))
+    }
+}
+
 fn json_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
@@ -292,6 +398,27 @@ fn json_bytes(v: &Value) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::is_binary;
+
+    #[test]
+    fn cdn_allowlist() {
+        let cdn = crate::config::CdnConfig {
+            allow_hosts: vec!["cdn.example.com".into(), "127.0.0.1:9000".into()],
+            allow_http: false,
+            max_bytes: 1,
+            timeout: crate::config::Dur::secs(1),
+        };
+        assert!(super::cdn_uri("https://cdn.example.com/a.mp4", &cdn).is_ok());
+        assert!(super::cdn_uri("https://CDN.example.com/a.mp4", &cdn).is_ok());
+        assert!(super::cdn_uri("http://cdn.example.com/a.mp4", &cdn).is_err());
+        assert!(super::cdn_uri("https://cdn.example.com:444/a", &cdn).is_err());
+        assert!(super::cdn_uri("https://evil.com/a", &cdn).is_err());
+        assert!(super::cdn_uri("https://cdn.example.com@evil.com/a", &cdn).is_err());
+        assert!(super::cdn_uri("https://evil.com#@cdn.example.com/", &cdn).is_err());
+        assert!(super::cdn_uri("file:///etc/passwd", &cdn).is_err());
+        assert!(super::cdn_uri("/relative", &cdn).is_err());
+        assert!(super::cdn_uri("https://127.0.0.1:9000/x", &cdn).is_ok());
+        assert!(super::cdn_uri("https://127.0.0.1/x", &cdn).is_err());
+    }
 
     #[test]
     fn binary_types() {

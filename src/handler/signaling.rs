@@ -70,7 +70,11 @@ impl Service<Request> for SignalingHandler {
 }
 
 /// A reply object with `request_id` echoed.
-fn object_reply(request_id: Option<&Value>, mut obj: Map<String, Value>, outcome: Outcome) -> Reply {
+fn object_reply(
+    request_id: Option<&Value>,
+    mut obj: Map<String, Value>,
+    outcome: Outcome,
+) -> Reply {
     if let Some(rid) = request_id {
         obj.insert("request_id".to_owned(), rid.clone());
     }
@@ -82,7 +86,8 @@ fn error(request_id: Option<&Value>, msg: &str, detail: Option<&str>, outcome: O
 }
 
 fn session_path(base: &str, id: &str) -> String {
-    let enc: String = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).collect();
+    let enc: String =
+        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).collect();
     format!("{base}/{enc}")
 }
 
@@ -90,20 +95,33 @@ async fn offer(backend: &Backend, spec: &SignalingSpec, req: Request) -> Reply {
     let rid = req.request_id.as_ref();
     let msg = &req.msg;
     let mut body = Map::new();
-    body.insert("sdp".to_owned(), msg.get("sdp").cloned().unwrap_or(Value::Null));
+    body.insert(
+        "sdp".to_owned(),
+        msg.get("sdp").cloned().unwrap_or(Value::Null),
+    );
     body.insert(
         "type".to_owned(),
-        msg.get("sdp_type").cloned().unwrap_or_else(|| Value::from("offer")),
+        msg.get("sdp_type")
+            .cloned()
+            .unwrap_or_else(|| Value::from("offer")),
     );
     if let Some(p) = msg.get("initialParameters").filter(|p| !p.is_null()) {
         body.insert("initialParameters".to_owned(), p.clone());
     }
     if spec.add_connection_id {
-        body.insert("connection_id".to_owned(), Value::from(req.conn.id.as_ref()));
+        body.insert(
+            "connection_id".to_owned(),
+            Value::from(req.conn.id.as_ref()),
+        );
     }
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     let result = backend
-        .call(Method::POST, &spec.path, Some((bytes, "application/json")), spec.timeout)
+        .call(
+            Method::POST,
+            &spec.path,
+            Some((bytes, "application/json")),
+            spec.timeout,
+        )
         .await;
     match result {
         Ok(resp) if resp.status == StatusCode::OK => {
@@ -120,8 +138,14 @@ async fn offer(backend: &Backend, spec: &SignalingSpec, req: Request) -> Reply {
             tracing::info!(session = session_id, "WebRTC session opened");
             let mut obj = Map::new();
             obj.insert("type".to_owned(), Value::from("answer"));
-            obj.insert("sdp".to_owned(), data.get("sdp").cloned().unwrap_or(Value::Null));
-            obj.insert("sdp_type".to_owned(), data.get("type").cloned().unwrap_or(Value::Null));
+            obj.insert(
+                "sdp".to_owned(),
+                data.get("sdp").cloned().unwrap_or(Value::Null),
+            );
+            obj.insert(
+                "sdp_type".to_owned(),
+                data.get("type").cloned().unwrap_or(Value::Null),
+            );
             obj.insert("sessionId".to_owned(), Value::from(session_id));
             object_reply(rid, obj, Outcome::Ok)
         }
@@ -138,7 +162,12 @@ async fn offer(backend: &Backend, spec: &SignalingSpec, req: Request) -> Reply {
             Outcome::Timeout,
         ),
         Err(BackendError::Unavailable) => error_reply(rid, &ProtocolError::BackendUnavailable),
-        Err(e) => error(rid, &format!("WebRTC offer failed: {e}"), None, Outcome::BackendError),
+        Err(e) => error(
+            rid,
+            &format!("WebRTC offer failed: {e}"),
+            None,
+            Outcome::BackendError,
+        ),
     }
 }
 
@@ -149,7 +178,10 @@ async fn ice_candidate(backend: &Backend, spec: &SignalingSpec, req: Request) ->
     let session = match named {
         Some(id) => {
             if !req.conn.owns_session(id) {
-                tracing::warn!(session = id, "ICE candidate for a session this connection did not open");
+                tracing::warn!(
+                    session = id,
+                    "ICE candidate for a session this connection did not open"
+                );
                 return Reply::from_json(
                     error_json(
                         rid,
@@ -177,7 +209,11 @@ async fn ice_candidate(backend: &Backend, spec: &SignalingSpec, req: Request) ->
     let candidate = match msg.get("candidate") {
         None | Some(Value::Null) => {
             let obj = json!({"type": "icecandidate_ack", "status": "end_of_candidates"});
-            return object_reply(rid, obj.as_object().cloned().unwrap_or_default(), Outcome::Ok);
+            return object_reply(
+                rid,
+                obj.as_object().cloned().unwrap_or_default(),
+                Outcome::Ok,
+            );
         }
         Some(c) => c,
     };
@@ -199,7 +235,11 @@ async fn ice_candidate(backend: &Backend, spec: &SignalingSpec, req: Request) ->
     match result {
         Ok(resp) if resp.status == StatusCode::NO_CONTENT => {
             let obj = json!({"type": "icecandidate_ack", "status": "ok"});
-            object_reply(rid, obj.as_object().cloned().unwrap_or_default(), Outcome::Ok)
+            object_reply(
+                rid,
+                obj.as_object().cloned().unwrap_or_default(),
+                Outcome::Ok,
+            )
         }
         Ok(resp) => error(
             rid,
@@ -209,7 +249,12 @@ async fn ice_candidate(backend: &Backend, spec: &SignalingSpec, req: Request) ->
         ),
         Err(BackendError::Timeout) => error(rid, "ICE candidate timeout", None, Outcome::Timeout),
         Err(BackendError::Unavailable) => error_reply(rid, &ProtocolError::BackendUnavailable),
-        Err(e) => error(rid, &format!("ICE candidate failed: {e}"), None, Outcome::BackendError),
+        Err(e) => error(
+            rid,
+            &format!("ICE candidate failed: {e}"),
+            None,
+            Outcome::BackendError,
+        ),
     }
 }
 
@@ -225,7 +270,9 @@ pub async fn close_sessions(backend: &Backend, offer_path: &str, conn: &ConnCtx)
             )
             .await;
         match result {
-            Ok(r) => tracing::info!(session = %id, status = r.status.as_u16(), "WebRTC session closed"),
+            Ok(r) => {
+                tracing::info!(session = %id, status = r.status.as_u16(), "WebRTC session closed")
+            }
             Err(e) => tracing::warn!(session = %id, error = %e, "could not close WebRTC session"),
         }
     }

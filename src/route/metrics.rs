@@ -24,7 +24,8 @@ impl RouteMetrics {
         let results = Outcome::ALL.map(|o| {
             metrics::counter!("scope_router_messages_total", "route" => route.clone(), "result" => o.as_str())
         });
-        let latency = metrics::histogram!("scope_router_message_duration_seconds", "route" => route);
+        let latency =
+            metrics::histogram!("scope_router_message_duration_seconds", "route" => route);
         Arc::new(Self { results, latency })
     }
 

@@ -16,19 +16,19 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::Instrument;
 
+use self::gate::{GateLayer, Refusal};
+use self::metrics::{MetricsLayer, RouteMetrics};
 use crate::backend::Backend;
 use crate::codec::{Outcome, ProtocolError, Reply, Request, error_reply};
 use crate::config::{
-    ConfigError, ConnectionConfig, DisconnectStep, ReplyValidation, ForwardConfig, Loaded, RouteConfig, SignalingAction, SignalingConfig,
-    SignalingDisconnect,
+    ConfigError, ConnectionConfig, DisconnectStep, ForwardConfig, Loaded, ReplyValidation,
+    RouteConfig, SignalingAction, SignalingConfig, SignalingDisconnect,
 };
 use crate::handler::forward::{ForwardHandler, ForwardSpec, Target, TimeoutRule};
 use crate::handler::reply::ReplyHandler;
 use crate::handler::signaling::{Action, SignalingHandler, SignalingSpec};
 use crate::template::{Ctx, Scope, Template};
 use crate::validate::{CompiledSchema, ReplyCheckLayer, SchemaSet, ValidateLayer};
-use self::gate::{GateLayer, Refusal};
-use self::metrics::{MetricsLayer, RouteMetrics};
 
 /// A type-erased route stack.
 pub type RouteService = BoxCloneSyncService<Request, Reply, Infallible>;
@@ -180,7 +180,10 @@ impl RouteTable {
             }
         }
         schema_texts.sort();
-        let version = crate::config::version_hash(&loaded.text, schema_texts.iter().map(|(_, t)| t.as_slice()));
+        let version = crate::config::version_hash(
+            &loaded.text,
+            schema_texts.iter().map(|(_, t)| t.as_slice()),
+        );
 
         let mut routes = HashMap::new();
         let mut default = None;
@@ -196,27 +199,37 @@ impl RouteTable {
 
         let conn = &file.connection;
         if conn.max_in_flight == 0 {
-            return Err(ConfigError::new(&path, "connection.max_in_flight must be at least 1"));
+            return Err(ConfigError::new(
+                &path,
+                "connection.max_in_flight must be at least 1",
+            ));
         }
-        let on_connect_src = conn
-            .on_connect
-            .clone()
-            .unwrap_or_else(|| serde_json::json!({"type": "ready", "connection_id": "${connection.id}"}));
+        let on_connect_src = conn.on_connect.clone().unwrap_or_else(
+            || serde_json::json!({"type": "ready", "connection_id": "${connection.id}"}),
+        );
         let on_connect = Template::compile_reply(&on_connect_src, Scope::CONNECTION)
             .map_err(|e| ConfigError::new(&path, format!("connection.on_connect: {e}")))?;
         for step in &conn.on_disconnect {
             match step {
                 DisconnectStep::ClearDir(d) if d.trim().is_empty() || d.trim() == "/" => {
-                    return Err(ConfigError::new(&path, format!("connection.on_disconnect: refusing to clear {d:?}")));
+                    return Err(ConfigError::new(
+                        &path,
+                        format!("connection.on_disconnect: refusing to clear {d:?}"),
+                    ));
                 }
                 DisconnectStep::Http(h) if !h.path.starts_with('/') => {
                     return Err(ConfigError::new(
                         &path,
-                        format!("connection.on_disconnect: http path {:?} must start with '/'", h.path),
+                        format!(
+                            "connection.on_disconnect: http path {:?} must start with '/'",
+                            h.path
+                        ),
                     ));
                 }
                 DisconnectStep::Http(h) => {
-                    method(&h.method).map_err(|e| ConfigError::new(&path, format!("connection.on_disconnect: {e}")))?;
+                    method(&h.method).map_err(|e| {
+                        ConfigError::new(&path, format!("connection.on_disconnect: {e}"))
+                    })?;
                 }
                 _ => {}
             }
@@ -267,37 +280,46 @@ fn build_route(
     reply_validation: ReplyValidation,
 ) -> Result<Route, String> {
     let name: Arc<str> = Arc::from(name);
-    let handlers = [cfg.reply.is_some(), cfg.forward.is_some(), cfg.signaling.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let handlers = [
+        cfg.reply.is_some(),
+        cfg.forward.is_some(),
+        cfg.signaling.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if handlers != 1 {
         return Err("needs exactly one of `reply`, `forward` or `signaling`".to_owned());
     }
     let msg_scope = Scope::MESSAGE.with(Scope::CONNECTION);
 
     // Step 1: the handler itself.
-    let (inner, kind, refusal): (RouteService, &'static str, Option<Refusal>) =
-        if let Some(reply) = &cfg.reply {
-            let t = Template::compile_reply(reply, msg_scope).map_err(|e| format!("reply: {e}"))?;
-            (BoxCloneSyncService::new(ReplyHandler::new(t)), "reply", None)
-        } else if let Some(fwd) = &cfg.forward {
-            let spec = forward_spec(&name, fwd)?;
-            let refusal = forward_refusal(&spec);
-            (
-                BoxCloneSyncService::new(ForwardHandler::new(backend.clone(), spec)),
-                "forward",
-                Some(refusal),
-            )
-        } else if let Some(sig) = &cfg.signaling {
-            (
-                BoxCloneSyncService::new(SignalingHandler::new(backend.clone(), signaling_spec(sig))),
-                "signaling",
-                Some(plain_refusal()),
-            )
-        } else {
-            return Err("needs a handler".to_owned());
-        };
+    let (inner, kind, refusal): (RouteService, &'static str, Option<Refusal>) = if let Some(reply) =
+        &cfg.reply
+    {
+        let t = Template::compile_reply(reply, msg_scope).map_err(|e| format!("reply: {e}"))?;
+        (
+            BoxCloneSyncService::new(ReplyHandler::new(t)),
+            "reply",
+            None,
+        )
+    } else if let Some(fwd) = &cfg.forward {
+        let spec = forward_spec(&name, fwd)?;
+        let refusal = forward_refusal(&spec);
+        (
+            BoxCloneSyncService::new(ForwardHandler::new(backend.clone(), spec)),
+            "forward",
+            Some(refusal),
+        )
+    } else if let Some(sig) = &cfg.signaling {
+        (
+            BoxCloneSyncService::new(SignalingHandler::new(backend.clone(), signaling_spec(sig))),
+            "signaling",
+            Some(plain_refusal()),
+        )
+    } else {
+        return Err("needs a handler".to_owned());
+    };
 
     // Step 2: the readiness gate sits right before the handler, so a refused
     // message was still validated: a bad message gets the validation error, not
@@ -312,25 +334,33 @@ fn build_route(
     };
 
     // Step 2b: reply checks (development only) see what the handler produced, refusals included.
-    let gated: RouteService = if reply_validation == ReplyValidation::Warn && !cfg.reply_schemas.is_empty() {
-        let list = cfg
-            .reply_schemas
-            .iter()
-            .map(|s| schemas.get(s).cloned().ok_or_else(|| format!("reply schema {s} was not loaded")))
-            .collect::<Result<Vec<_>, String>>()?;
-        BoxCloneSyncService::new(
-            ServiceBuilder::new()
-                .layer(ReplyCheckLayer::new(name.clone(), list))
-                .service(gated),
-        )
-    } else {
-        gated
-    };
+    let gated: RouteService =
+        if reply_validation == ReplyValidation::Warn && !cfg.reply_schemas.is_empty() {
+            let list = cfg
+                .reply_schemas
+                .iter()
+                .map(|s| {
+                    schemas
+                        .get(s)
+                        .cloned()
+                        .ok_or_else(|| format!("reply schema {s} was not loaded"))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            BoxCloneSyncService::new(
+                ServiceBuilder::new()
+                    .layer(ReplyCheckLayer::new(name.clone(), list))
+                    .service(gated),
+            )
+        } else {
+            gated
+        };
 
     // Step 3: validation before any work, so invalid messages never reach the backend.
     let validated: RouteService = match &cfg.schema {
         Some(s) => {
-            let schema = schemas.get(s).ok_or_else(|| format!("schema {s} was not loaded"))?;
+            let schema = schemas
+                .get(s)
+                .ok_or_else(|| format!("schema {s} was not loaded"))?;
             BoxCloneSyncService::new(
                 ServiceBuilder::new()
                     .layer(ValidateLayer::new(name.clone(), schema.clone()))
@@ -357,7 +387,9 @@ fn build_route(
 }
 
 fn plain_refusal() -> Refusal {
-    Arc::new(|req: &Request| error_reply(req.request_id.as_ref(), &ProtocolError::BackendUnavailable))
+    Arc::new(|req: &Request| {
+        error_reply(req.request_id.as_ref(), &ProtocolError::BackendUnavailable)
+    })
 }
 
 /// A forward route refuses through its own `on_error` template (a 503 `api_response` for `api`).
@@ -415,7 +447,8 @@ fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
 }
 
 fn method(m: &str) -> Result<Method, String> {
-    Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| format!("bad HTTP method {m:?}"))
+    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("bad HTTP method {m:?}"))
 }
 
 fn forward_spec(name: &Arc<str>, cfg: &ForwardConfig) -> Result<ForwardSpec, String> {
@@ -436,7 +469,8 @@ fn forward_spec(name: &Arc<str>, cfg: &ForwardConfig) -> Result<ForwardSpec, Str
         }
         Target::Fixed {
             method: method(cfg.method.as_deref().unwrap_or("GET"))?,
-            path: Template::compile(&Value::from(path), msg_scope).map_err(|e| format!("forward.path: {e}"))?,
+            path: Template::compile(&Value::from(path), msg_scope)
+                .map_err(|e| format!("forward.path: {e}"))?,
             body: cfg
                 .body
                 .as_ref()
@@ -445,7 +479,8 @@ fn forward_spec(name: &Arc<str>, cfg: &ForwardConfig) -> Result<ForwardSpec, Str
                 .map_err(|e| format!("forward.body: {e}"))?,
         }
     };
-    let reply = Template::compile_reply(&cfg.reply, resp_scope).map_err(|e| format!("forward.reply: {e}"))?;
+    let reply = Template::compile_reply(&cfg.reply, resp_scope)
+        .map_err(|e| format!("forward.reply: {e}"))?;
     let reply_binary = cfg
         .reply_binary
         .as_ref()
@@ -458,7 +493,9 @@ fn forward_spec(name: &Arc<str>, cfg: &ForwardConfig) -> Result<ForwardSpec, Str
     let on_error = Template::compile_reply(&on_error_src, msg_scope.with(Scope::ERROR))
         .map_err(|e| format!("forward.on_error: {e}"))?;
     let needs_parsed = reply.needs_parsed_response()
-        || reply_binary.as_ref().is_some_and(Template::needs_parsed_response);
+        || reply_binary
+            .as_ref()
+            .is_some_and(Template::needs_parsed_response);
     let timeouts = cfg
         .timeouts
         .iter()
@@ -475,16 +512,20 @@ fn forward_spec(name: &Arc<str>, cfg: &ForwardConfig) -> Result<ForwardSpec, Str
         .add_connection_id
         .iter()
         .map(|rule| {
-            let (m, p) = rule
-                .split_once(' ')
-                .ok_or_else(|| format!("add_connection_id: {rule:?} must be \"METHOD /path-glob\""))?;
+            let (m, p) = rule.split_once(' ').ok_or_else(|| {
+                format!("add_connection_id: {rule:?} must be \"METHOD /path-glob\"")
+            })?;
             Ok((method(m)?, matcher(p.trim())?))
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(ForwardSpec {
         route: name.clone(),
         target,
-        methods: cfg.methods.iter().map(|m| method(m)).collect::<Result<_, _>>()?,
+        methods: cfg
+            .methods
+            .iter()
+            .map(|m| method(m))
+            .collect::<Result<_, _>>()?,
         allow: glob_set(&cfg.allow)?,
         deny: glob_set(&cfg.deny)?,
         base64_uploads: cfg.base64_uploads,
@@ -495,6 +536,7 @@ fn forward_spec(name: &Arc<str>, cfg: &ForwardConfig) -> Result<ForwardSpec, Str
         reply_binary,
         on_error,
         needs_parsed,
+        cdn: cfg.cdn_uploads.clone(),
     })
 }
 

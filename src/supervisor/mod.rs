@@ -119,7 +119,13 @@ async fn run(
                 if cfg.restart.policy == RestartPolicy::Never
                     || (cfg.restart.policy == RestartPolicy::OnFailure && status.success())
                 {
-                    backend.readiness.set(false, format!("exited ({status}); restart policy is {:?}", cfg.restart.policy));
+                    backend.readiness.set(
+                        false,
+                        format!(
+                            "exited ({status}); restart policy is {:?}",
+                            cfg.restart.policy
+                        ),
+                    );
                     // Nothing to supervise any more; still honour a stop request.
                     if let Some(Control::Stop(done)) = control.recv().await {
                         let _ = done.send(());
@@ -141,16 +147,26 @@ async fn run(
         // Crash-loop accounting over the last minute.
         let now = Instant::now();
         restarts.push_back(now);
-        while restarts.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+        while restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
             restarts.pop_front();
         }
         crash_loop = restarts.len() > cfg.restart.max_restarts_per_minute as usize;
         restarts_total += 1;
         crash_loop_gauge.set(if crash_loop { 1.0 } else { 0.0 });
         if crash_loop {
-            tracing::error!(restarts_last_minute = restarts.len(), "backend is crash-looping");
+            tracing::error!(
+                restarts_last_minute = restarts.len(),
+                "backend is crash-looping"
+            );
         }
-        attempt = if was_healthy_long { 0 } else { attempt.saturating_add(1) };
+        attempt = if was_healthy_long {
+            0
+        } else {
+            attempt.saturating_add(1)
+        };
         let delay = backoff(&cfg, attempt);
         restart_counter.increment(1);
         state.supervisor_status.store(Arc::new(Some(json!({
@@ -162,8 +178,15 @@ async fn run(
             "next_restart_in_ms": delay.as_millis() as u64,
         }))));
         last_failure = Some(failure.clone());
-        backend.readiness.set(false, format!("restarting in {} ms after: {failure}", delay.as_millis()));
-        tracing::info!(delay_ms = delay.as_millis() as u64, attempt, "restarting backend");
+        backend.readiness.set(
+            false,
+            format!("restarting in {} ms after: {failure}", delay.as_millis()),
+        );
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            attempt,
+            "restarting backend"
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             Some(Control::Stop(done)) = control.recv() => {
@@ -186,7 +209,12 @@ fn backoff(cfg: &BackendConfig, attempt: u32) -> Duration {
 }
 
 /// Probes the child until it exits, stays unhealthy, or a stop is asked for.
-async fn watch(cfg: &BackendConfig, backend: &Backend, child: &mut Child, control: &mut mpsc::Receiver<Control>) -> Ended {
+async fn watch(
+    cfg: &BackendConfig,
+    backend: &Backend,
+    child: &mut Child,
+    control: &mut mpsc::Receiver<Control>,
+) -> Ended {
     let health = &cfg.health;
     let started = Instant::now();
     let mut phase = Phase::Starting;
@@ -257,7 +285,10 @@ async fn stop_group(child: &mut Child, pid: Option<u32>, cfg: &BackendConfig, gr
     if graceful {
         let signal = parse_signal(&cfg.stop.signal);
         let _ = killpg(pgid, signal);
-        if tokio::time::timeout(cfg.stop.grace.0, child.wait()).await.is_err() {
+        if tokio::time::timeout(cfg.stop.grace.0, child.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?cfg.stop.grace, "backend ignored {signal}; killing");
         }
     }
@@ -268,7 +299,11 @@ async fn stop_group(child: &mut Child, pid: Option<u32>, cfg: &BackendConfig, gr
 
 fn parse_signal(name: &str) -> Signal {
     let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     full.parse().unwrap_or(Signal::SIGTERM)
 }
 
@@ -276,7 +311,9 @@ fn parse_signal(name: &str) -> Signal {
 /// is found next to `scope-router`), then on PATH.
 fn resolve_program(program: &str) -> PathBuf {
     if !program.contains('/')
-        && let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned))
+        && let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
     {
         let candidate = dir.join(program);
         if candidate.is_file() {
@@ -293,7 +330,11 @@ fn expand_home(v: &str) -> String {
     }
 }
 
-fn spawn_child(cfg: &BackendConfig, base_dir: &Path, logs: &broadcast::Sender<Arc<str>>) -> Result<Child, String> {
+fn spawn_child(
+    cfg: &BackendConfig,
+    base_dir: &Path,
+    logs: &broadcast::Sender<Arc<str>>,
+) -> Result<Child, String> {
     let argv = cfg.command.as_deref().unwrap_or_default();
     let (program, args) = argv.split_first().ok_or("backend.command is empty")?;
     let program = resolve_program(program);
@@ -323,7 +364,12 @@ fn spawn_child(cfg: &BackendConfig, base_dir: &Path, logs: &broadcast::Sender<Ar
 }
 
 /// Copies the child's output into tracing and, filtered, to subscribed clients.
-async fn pump(stream: impl AsyncRead + Unpin, which: &'static str, logs: broadcast::Sender<Arc<str>>, exclude: Vec<String>) {
+async fn pump(
+    stream: impl AsyncRead + Unpin,
+    which: &'static str,
+    logs: broadcast::Sender<Arc<str>>,
+    exclude: Vec<String>,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "backend", stream = which, "{line}");

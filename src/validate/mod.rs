@@ -20,7 +20,9 @@ pub struct CompiledSchema {
 
 impl std::fmt::Debug for CompiledSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledSchema").field("file", &self.file).finish()
+        f.debug_struct("CompiledSchema")
+            .field("file", &self.file)
+            .finish()
     }
 }
 
@@ -30,8 +32,12 @@ impl CompiledSchema {
         let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read: {e}"))?;
         let source: Value = serde_json::from_str(&text)
             .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
-        let validator = jsonschema::validator_for(&source)
-            .map_err(|e| format!("not a valid JSON Schema: {e} (at {})", pointer_or_root(&e.schema_path().to_string())))?;
+        let validator = jsonschema::validator_for(&source).map_err(|e| {
+            format!(
+                "not a valid JSON Schema: {e} (at {})",
+                pointer_or_root(&e.schema_path().to_string())
+            )
+        })?;
         Ok(CompiledSchema {
             file: file.to_owned(),
             source,
@@ -47,7 +53,12 @@ impl CompiledSchema {
         if self.validator.is_valid(instance) {
             return None;
         }
-        let problems: Vec<String> = self.validator.iter_errors(instance).take(3).map(|e| describe(&e)).collect();
+        let problems: Vec<String> = self
+            .validator
+            .iter_errors(instance)
+            .take(3)
+            .map(|e| describe(&e))
+            .collect();
         Some(problems.join("; "))
     }
 
@@ -86,7 +97,12 @@ impl CompiledSchema {
             .get("title")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .unwrap_or_else(|| self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+            .unwrap_or_else(|| {
+                self.file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
     }
 }
 
@@ -106,16 +122,30 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
         | jsonschema::error::ValidationErrorKind::AnyOf { context } => {
             let alts: Vec<String> = context
                 .iter()
-                .map(|branch| branch.iter().take(2).map(describe).collect::<Vec<_>>().join(", "))
+                .map(|branch| {
+                    branch
+                        .iter()
+                        .take(2)
+                        .map(describe)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
                 .filter(|b| !b.is_empty())
                 .collect();
             format!("fits none of the allowed forms ({})", alts.join(" | "))
         }
         _ => e.masked_with("the value").to_string(),
     };
-    let mut out = if at.is_empty() { what } else { format!("{at}: {what}") };
+    let mut out = if at.is_empty() {
+        what
+    } else {
+        format!("{at}: {what}")
+    };
     if out.len() > 400 {
-        let cut = (0..=400).rev().find(|i| out.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=400)
+            .rev()
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(0);
         out.truncate(cut);
         out.push('…');
     }
@@ -187,7 +217,8 @@ where
             None => Either::Right(self.inner.call(req)),
             Some(problem) => {
                 tracing::debug!(route = %self.route, %problem, "message refused by schema");
-                let err = ProtocolError::Validation(format!("Invalid {} message: {problem}", self.route));
+                let err =
+                    ProtocolError::Validation(format!("Invalid {} message: {problem}", self.route));
                 Either::Left(ready(Ok(error_reply(req.request_id.as_ref(), &err))))
             }
         }
