@@ -1,4 +1,5 @@
 //! Routes added in YAML alone (no code change) are served: local replies, forwards, `$default`, and
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 //! routing on a JSON pointer.
 
 mod common;
@@ -95,7 +96,9 @@ async fn yaml_only_reply_route_is_served() {
     let (m, r, _routes) = custom_stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let id = ws.connection_id.clone();
-    let v = ws.call("n1", json!({"type": "echo_name", "name": "Ada"})).await;
+    let v = ws
+        .call("n1", json!({"type": "echo_name", "name": "Ada"}))
+        .await;
     assert_eq!(
         v,
         json!({
@@ -105,17 +108,26 @@ async fn yaml_only_reply_route_is_served() {
     );
     // Object request ids are echoed as well.
     let v = ws
-        .call_with_id(json!({"seq": [1, 2]}), json!({"type": "echo_name", "name": "Grace"}))
+        .call_with_id(
+            json!({"seq": [1, 2]}),
+            json!({"type": "echo_name", "name": "Grace"}),
+        )
         .await;
     assert_eq!(v["name"], "Grace");
     assert_eq!(v["request_id"], json!({"seq": [1, 2]}));
-    assert_eq!(mock_total(&m).await, 0, "a reply route never calls the backend");
+    assert_eq!(
+        mock_total(&m).await,
+        0,
+        "a reply route never calls the backend"
+    );
 }
 
 #[tokio::test]
 async fn on_connect_template_is_used() {
     let (_m, r, _routes) = custom_stack();
-    let (mut inner, _) = tokio_tungstenite::connect_async(r.ws_url()).await.expect("connect");
+    let (mut inner, _) = tokio_tungstenite::connect_async(r.ws_url())
+        .await
+        .expect("connect");
     use futures_util::StreamExt as _;
     let first = tokio::time::timeout(WAIT, inner.next())
         .await
@@ -140,7 +152,10 @@ async fn yaml_only_schema_rejects_invalid_messages() {
         let v = ws.call(rid, msg.clone()).await;
         assert_eq!(v["type"], "error", "{msg} → {v}");
         assert_eq!(v["request_id"], rid);
-        assert!(v["error"].as_str().expect("error text").contains("name"), "{v}");
+        assert!(
+            v["error"].as_str().expect("error text").contains("name"),
+            "{v}"
+        );
     }
     ws.assert_open().await;
     assert_eq!(mock_total(&m).await, 0);
@@ -151,7 +166,9 @@ async fn yaml_only_forward_route_renders_path_and_body() {
     let (m, r, _routes) = custom_stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let conn = ws.connection_id.clone();
-    let v = ws.call("t1", json!({"type": "tag", "id": "abc123", "name": "Ada"})).await;
+    let v = ws
+        .call("t1", json!({"type": "tag", "id": "abc123", "name": "Ada"}))
+        .await;
     assert_eq!(v["type"], "tagged", "{v}");
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["request_id"], "t1");
@@ -183,14 +200,25 @@ async fn yaml_only_forward_route_renders_path_and_body() {
 async fn yaml_only_forward_path_cannot_be_steered_out_by_the_message() {
     let (m, r, _routes) = custom_stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    for (i, id) in ["../../internal/x", "..%2f..%2finternal%2fx", "../../../../../etc/passwd"].iter().enumerate() {
+    for (i, id) in [
+        "../../internal/x",
+        "..%2f..%2finternal%2fx",
+        "../../../../../etc/passwd",
+    ]
+    .iter()
+    .enumerate()
+    {
         let rid = format!("e{i}");
         let v = ws.call(&rid, json!({"type": "tag", "id": id})).await;
         assert_eq!(v["type"], "error", "{id:?} → {v}");
         assert_eq!(v["request_id"], rid.as_str());
     }
     ws.assert_open().await;
-    assert_eq!(mock_total(&m).await, 0, "no steered request may reach the backend");
+    assert_eq!(
+        mock_total(&m).await,
+        0,
+        "no steered request may reach the backend"
+    );
 }
 
 #[tokio::test]
@@ -198,9 +226,20 @@ async fn default_route_can_be_overridden() {
     let (_m, r, _routes) = custom_stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let v = ws.call("d1", json!({"type": "whatever", "x": 1})).await;
-    assert_eq!(v, json!({"type": "nope", "unknown": "whatever", "hint": "try echo_name", "request_id": "d1"}));
-    let v = ws.call_with_id(json!(17), json!({"type": "api", "path": "/api/v1/pipeline/status"})).await;
-    assert_eq!(v, json!({"type": "nope", "unknown": "api", "hint": "try echo_name", "request_id": 17}));
+    assert_eq!(
+        v,
+        json!({"type": "nope", "unknown": "whatever", "hint": "try echo_name", "request_id": "d1"})
+    );
+    let v = ws
+        .call_with_id(
+            json!(17),
+            json!({"type": "api", "path": "/api/v1/pipeline/status"}),
+        )
+        .await;
+    assert_eq!(
+        v,
+        json!({"type": "nope", "unknown": "api", "hint": "try echo_name", "request_id": 17})
+    );
     let pong = ws.call("p", json!({"type": "ping"})).await;
     assert_eq!(pong, json!({"type": "pong", "request_id": "p"}));
 }
@@ -230,16 +269,34 @@ async fn route_on_json_pointer() {
     let r = router(&routes.path, &m.http(), &[]);
     let mut ws = Ws::connect(&r.ws_url()).await;
 
-    let v = ws.call("h", json!({"meta": {"kind": "hello", "who": "Ada"}})).await;
-    assert_eq!(v, json!({"type": "hi", "who": "Ada", "kind": "hello", "request_id": "h"}));
+    let v = ws
+        .call("h", json!({"meta": {"kind": "hello", "who": "Ada"}}))
+        .await;
+    assert_eq!(
+        v,
+        json!({"type": "hi", "who": "Ada", "kind": "hello", "request_id": "h"})
+    );
 
     // `type` means nothing here: only /meta/kind routes.
-    let v = ws.call("s", json!({"type": "hello", "meta": {"kind": "status"}})).await;
-    assert_eq!(v, json!({"type": "status", "data": {"status": "not_loaded"}, "request_id": "s"}));
-    assert_eq!(mock_recent(&m, "GET", "/api/v1/pipeline/status").await.len(), 1);
+    let v = ws
+        .call("s", json!({"type": "hello", "meta": {"kind": "status"}}))
+        .await;
+    assert_eq!(
+        v,
+        json!({"type": "status", "data": {"status": "not_loaded"}, "request_id": "s"})
+    );
+    assert_eq!(
+        mock_recent(&m, "GET", "/api/v1/pipeline/status")
+            .await
+            .len(),
+        1
+    );
 
     let v = ws.call("z", json!({"meta": {"kind": "zzz"}})).await;
-    assert_eq!(v, json!({"type": "error", "error": "no route for zzz", "request_id": "z"}));
+    assert_eq!(
+        v,
+        json!({"type": "error", "error": "no route for zzz", "request_id": "z"})
+    );
 
     // No routing key at all: an error naming the pointer, request_id echoed, connection open.
     for (rid, msg) in [
@@ -250,9 +307,14 @@ async fn route_on_json_pointer() {
         let v = ws.call(rid, msg.clone()).await;
         assert_eq!(v["type"], "error", "{msg} → {v}");
         assert_eq!(v["request_id"], rid);
-        assert!(v["error"].as_str().expect("text").contains("/meta/kind"), "{v}");
+        assert!(
+            v["error"].as_str().expect("text").contains("/meta/kind"),
+            "{v}"
+        );
     }
-    let v = ws.call("h2", json!({"meta": {"kind": "hello", "who": "Grace"}})).await;
+    let v = ws
+        .call("h2", json!({"meta": {"kind": "hello", "who": "Grace"}}))
+        .await;
     assert_eq!(v["who"], "Grace");
 }
 
@@ -267,10 +329,16 @@ async fn routes_file_that_names_no_schema_needs_no_schemas_dir() {
         .arg(&routes.path)
         .output()
         .expect("run validate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = mock(&[]);
     let r = router(&routes.path, &m.http(), &[]);
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("h", json!({"meta": {"kind": "hello", "who": "Ada"}})).await;
+    let v = ws
+        .call("h", json!({"meta": {"kind": "hello", "who": "Ada"}}))
+        .await;
     assert_eq!(v["type"], "hi", "{v}");
 }

@@ -1,4 +1,5 @@
 //! Every error path of the protocol, served by the default routes.yaml (or a copy with one knob turned).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 
@@ -16,7 +17,9 @@ fn candidate() -> Value {
 }
 
 fn error_text(v: &Value) -> &str {
-    v["error"].as_str().unwrap_or_else(|| panic!("no error text in {v}"))
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error text in {v}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -39,16 +42,37 @@ async fn not_json_gets_invalid_json_error_and_connection_stays_open() {
 }
 
 #[tokio::test]
+async fn deeply_nested_json_is_refused_and_connection_stays_open() {
+    let (m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    ws.send_text(&deep).await;
+    let v = ws.recv().await;
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(error_text(&v).starts_with("Invalid JSON: "), "{v}");
+    ws.assert_open().await;
+    assert_eq!(mock_total(&m).await, 0);
+}
+
+#[tokio::test]
 async fn unknown_type_is_refused_with_request_id_echoed() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     for rid in [json!("u1"), json!(99), json!({"nested": ["x", 1]})] {
-        let v = ws.call_with_id(rid.clone(), json!({"type": "frobnicate", "x": 1})).await;
-        assert_eq!(v, json!({"type": "error", "error": "Unknown message type: frobnicate", "request_id": rid}));
+        let v = ws
+            .call_with_id(rid.clone(), json!({"type": "frobnicate", "x": 1}))
+            .await;
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": "Unknown message type: frobnicate", "request_id": rid})
+        );
     }
     // Without a request_id the reply has none.
     ws.send(&json!({"type": "launch_rockets"})).await;
-    assert_eq!(ws.recv().await, json!({"type": "error", "error": "Unknown message type: launch_rockets"}));
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "error", "error": "Unknown message type: launch_rockets"})
+    );
     ws.assert_open().await;
     assert_eq!(mock_total(&m).await, 0);
 }
@@ -70,13 +94,17 @@ async fn json_non_object_is_an_error_and_connection_stays_open() {
 async fn message_without_string_type_is_an_error_with_request_id() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call_with_id(json!("nt"), json!({"path": "/api/v1/pipeline/status"})).await;
+    let v = ws
+        .call_with_id(json!("nt"), json!({"path": "/api/v1/pipeline/status"}))
+        .await;
     assert_eq!(v["type"], "error", "{v}");
     assert!(error_text(&v).contains("type"), "{v}");
     let v = ws.call_with_id(json!(5), json!({"type": 5})).await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["request_id"], 5);
-    let v = ws.call_with_id(json!({"o": 1}), json!({"type": null})).await;
+    let v = ws
+        .call_with_id(json!({"o": 1}), json!({"type": null}))
+        .await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["request_id"], json!({"o": 1}));
     ws.assert_open().await;
@@ -105,9 +133,16 @@ async fn assert_rejected(ws: &mut Ws, m: &Proc, rid: &str, msg: Value, field: &s
     let v = ws.call(rid, msg.clone()).await;
     assert_eq!(v["type"], "error", "{msg} → {v}");
     assert_eq!(v["request_id"], rid, "{v}");
-    assert!(error_text(&v).contains(field), "the error must name {field:?}: {v}");
+    assert!(
+        error_text(&v).contains(field),
+        "the error must name {field:?}: {v}"
+    );
     ws.assert_open().await;
-    assert_eq!(mock_total(m).await, before, "{msg} must not reach the backend");
+    assert_eq!(
+        mock_total(m).await,
+        before,
+        "{msg} must not reach the backend"
+    );
 }
 
 #[tokio::test]
@@ -115,9 +150,22 @@ async fn offer_schema_rejections_never_reach_the_backend() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     assert_rejected(&mut ws, &m, "o1", json!({"type": "offer"}), "sdp").await;
-    assert_rejected(&mut ws, &m, "o2", json!({"type": "offer", "sdp": 42}), "sdp").await;
-    assert_rejected(&mut ws, &m, "o3", json!({"type": "offer", "sdp": "v=0", "sdp_type": "answer"}), "sdp_type").await;
-    assert_rejected(&mut ws, &m, "o4", json!({"type": "offer", "sdp": "v=0", "initialParameters": "fast"}), "initialParameters").await;
+    assert_rejected(
+        &mut ws,
+        &m,
+        "o2",
+        json!({"type": "offer", "sdp": 42}),
+        "sdp",
+    )
+    .await;
+    assert_rejected(
+        &mut ws,
+        &m,
+        "o3",
+        json!({"type": "offer", "sdp": "v=0", "initialParameters": "fast"}),
+        "initialParameters",
+    )
+    .await;
     assert!(mock_sessions(&m).await.is_empty());
 }
 
@@ -125,7 +173,10 @@ async fn offer_schema_rejections_never_reach_the_backend() {
 async fn icecandidate_schema_rejections_never_reach_the_backend() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let sid = ws.offer("o").await["sessionId"].as_str().expect("sid").to_owned();
+    let sid = ws.offer("o").await["sessionId"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
     assert_rejected(
         &mut ws,
         &m,
@@ -134,7 +185,14 @@ async fn icecandidate_schema_rejections_never_reach_the_backend() {
         "candidate",
     )
     .await;
-    assert_rejected(&mut ws, &m, "i2", json!({"type": "icecandidate", "candidate": {"sdpMid": "0"}}), "candidate").await;
+    assert_rejected(
+        &mut ws,
+        &m,
+        "i2",
+        json!({"type": "icecandidate", "candidate": {"sdpMid": "0"}}),
+        "candidate",
+    )
+    .await;
     assert_rejected(
         &mut ws,
         &m,
@@ -143,7 +201,14 @@ async fn icecandidate_schema_rejections_never_reach_the_backend() {
         "sdpMLineIndex",
     )
     .await;
-    assert_rejected(&mut ws, &m, "i4", json!({"type": "icecandidate", "sessionId": 7, "candidate": null}), "sessionId").await;
+    assert_rejected(
+        &mut ws,
+        &m,
+        "i4",
+        json!({"type": "icecandidate", "sessionId": 7, "candidate": null}),
+        "sessionId",
+    )
+    .await;
     let sessions = mock_sessions(&m).await;
     assert_eq!(sessions[0]["id"], sid.as_str());
     assert_eq!(sessions[0]["candidates"], json!([]));
@@ -153,9 +218,30 @@ async fn icecandidate_schema_rejections_never_reach_the_backend() {
 async fn api_schema_rejections_never_reach_the_backend() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    assert_rejected(&mut ws, &m, "a1", json!({"type": "api", "method": "GET"}), "path").await;
-    assert_rejected(&mut ws, &m, "a2", json!({"type": "api", "method": 5, "path": "/api/v1/pipeline/status"}), "method").await;
-    assert_rejected(&mut ws, &m, "a3", api("GET", "api/v1/pipeline/status"), "path").await;
+    assert_rejected(
+        &mut ws,
+        &m,
+        "a1",
+        json!({"type": "api", "method": "GET"}),
+        "path",
+    )
+    .await;
+    assert_rejected(
+        &mut ws,
+        &m,
+        "a2",
+        json!({"type": "api", "method": 5, "path": "/api/v1/pipeline/status"}),
+        "method",
+    )
+    .await;
+    assert_rejected(
+        &mut ws,
+        &m,
+        "a3",
+        api("GET", "api/v1/pipeline/status"),
+        "path",
+    )
+    .await;
     assert_rejected(
         &mut ws,
         &m,
@@ -174,7 +260,10 @@ async fn api_schema_rejections_never_reach_the_backend() {
 async fn unsupported_method_is_a_400_api_response_without_backend_call() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    for (i, method) in ["TRACE", "CONNECT", "OPTIONS", "HEAD", "FROB"].iter().enumerate() {
+    for (i, method) in ["TRACE", "CONNECT", "OPTIONS", "HEAD", "FROB"]
+        .iter()
+        .enumerate()
+    {
         let rid = format!("m{i}");
         let v = ws.call(&rid, api(method, "/api/v1/pipeline/status")).await;
         assert_eq!(v["type"], "api_response", "{method}: {v}");
@@ -228,6 +317,29 @@ async fn denied_and_unsafe_paths_never_reach_the_backend() {
     assert_eq!(code, 200);
 }
 
+#[tokio::test]
+async fn invalid_base64_upload_is_refused_without_backend_call() {
+    let (m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let msg = json!({
+        "type": "api", "method": "POST", "path": "/api/v1/assets?filename=x.png",
+        "body": {"_base64_content": "this is not base64!!", "_content_type": "image/png"},
+    });
+    let v = ws.call("b64", msg).await;
+    assert_eq!(v["request_id"], "b64", "{v}");
+    match v["type"].as_str() {
+        Some("api_response") => {
+            let s = v["status"].as_u64().expect("status");
+            assert!((400..500).contains(&s), "{v}");
+            assert!(!error_text(&v).is_empty(), "{v}");
+        }
+        Some("error") => assert!(!error_text(&v).is_empty()),
+        _ => panic!("unexpected {v}"),
+    }
+    ws.assert_open().await;
+    assert_eq!(mock_total(&m).await, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backend down
 
@@ -248,7 +360,9 @@ async fn backend_down_gives_503_backend_unavailable_and_ping_still_pongs() {
     assert_eq!(v["code"], "BACKEND_UNAVAILABLE", "{v}");
     assert_eq!(v["request_id"], "i");
 
-    let v = ws.call_with_id(json!(3), json!({"type": "offer", "sdp": SDP_OFFER})).await;
+    let v = ws
+        .call_with_id(json!(3), json!({"type": "offer", "sdp": SDP_OFFER}))
+        .await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["code"], "BACKEND_UNAVAILABLE", "{v}");
     assert_eq!(v["request_id"], 3);
@@ -260,10 +374,14 @@ async fn backend_down_gives_503_backend_unavailable_and_ping_still_pongs() {
 async fn backend_killed_mid_connection_gives_503() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("before", api("GET", "/api/v1/pipeline/status")).await;
+    let v = ws
+        .call("before", api("GET", "/api/v1/pipeline/status"))
+        .await;
     assert_eq!(v["status"], 200);
     drop(m);
-    let v = ws.call("after", api("GET", "/api/v1/pipeline/status")).await;
+    let v = ws
+        .call("after", api("GET", "/api/v1/pipeline/status"))
+        .await;
     assert_eq!(v["type"], "api_response", "{v}");
     assert_eq!(v["status"], 503, "{v}");
     assert_eq!(v["code"], "BACKEND_UNAVAILABLE", "{v}");
@@ -281,9 +399,15 @@ const OFFER_1S: &str = "signaling: { action: offer, path: /api/v1/webrtc/offer, 
 #[tokio::test]
 async fn api_timeout_is_504_request_timeout() {
     let (m, r, _routes) = stack_with(&[(API_TIMEOUT_30S, API_TIMEOUT_1S)]);
-    set_faults(&m, json!({"delay_ms": {"GET /api/v1/pipeline/status": 2000}})).await;
+    set_faults(
+        &m,
+        json!({"delay_ms": {"GET /api/v1/pipeline/status": 2000}}),
+    )
+    .await;
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call_with_id(json!({"t": 1}), api("GET", "/api/v1/pipeline/status")).await;
+    let v = ws
+        .call_with_id(json!({"t": 1}), api("GET", "/api/v1/pipeline/status"))
+        .await;
     assert_eq!(v["type"], "api_response", "{v}");
     assert_eq!(v["status"], 504, "{v}");
     assert_eq!(v["error"], "Request timeout", "{v}");
@@ -299,7 +423,9 @@ async fn offer_timeout_is_webrtc_offer_timeout() {
     let (m, r, _routes) = stack_with(&[(OFFER_30S, OFFER_1S)]);
     set_faults(&m, json!({"delay_ms": {"POST /api/v1/webrtc/offer": 2000}})).await;
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("o", json!({"type": "offer", "sdp": SDP_OFFER})).await;
+    let v = ws
+        .call("o", json!({"type": "offer", "sdp": SDP_OFFER}))
+        .await;
     assert_eq!(v["type"], "error", "{v}");
     assert!(error_text(&v).starts_with("WebRTC offer timeout"), "{v}");
     assert_eq!(v["request_id"], "o");
@@ -311,14 +437,30 @@ async fn offer_non_200_is_offer_failed_with_detail() {
     let (m, r) = stack();
     set_faults(&m, json!({"status": {"POST /api/v1/webrtc/offer": 500}})).await;
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("o", json!({"type": "offer", "sdp": SDP_OFFER})).await;
+    let v = ws
+        .call("o", json!({"type": "offer", "sdp": SDP_OFFER}))
+        .await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["error"], "Offer failed: 500", "{v}");
-    assert!(v["detail"].as_str().expect("detail text").contains("injected fault"), "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .expect("detail text")
+            .contains("injected fault"),
+        "{v}"
+    );
     assert_eq!(v["request_id"], "o");
     // No session is remembered: a candidate now has none.
-    let c = ws.call("c", json!({"type": "icecandidate", "candidate": candidate()})).await;
-    assert_eq!(c["error"], "No session ID available for ICE candidate", "{c}");
+    let c = ws
+        .call(
+            "c",
+            json!({"type": "icecandidate", "candidate": candidate()}),
+        )
+        .await;
+    assert_eq!(
+        c["error"], "No session ID available for ICE candidate",
+        "{c}"
+    );
     ws.assert_open().await;
 }
 
@@ -327,10 +469,18 @@ async fn offer_400_pipeline_not_loaded_passes_the_backend_detail() {
     let m = mock(&["--require-pipeline"]);
     let r = router(&repo().join("routes.yaml"), &m.http(), &[]);
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("o", json!({"type": "offer", "sdp": SDP_OFFER})).await;
+    let v = ws
+        .call("o", json!({"type": "offer", "sdp": SDP_OFFER}))
+        .await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["error"], "Offer failed: 400", "{v}");
-    assert!(v["detail"].as_str().expect("detail").contains("Pipeline not loaded"), "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("Pipeline not loaded"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -339,13 +489,29 @@ async fn ice_non_204_is_ice_candidate_failed() {
     let mut ws = Ws::connect(&r.ws_url()).await;
     ws.offer("o").await;
     set_faults(&m, json!({"status": {"PATCH /api/v1/webrtc/offer/": 404}})).await;
-    let v = ws.call("c", json!({"type": "icecandidate", "candidate": candidate()})).await;
+    let v = ws
+        .call(
+            "c",
+            json!({"type": "icecandidate", "candidate": candidate()}),
+        )
+        .await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["error"], "ICE candidate failed: 404", "{v}");
-    assert!(v["detail"].as_str().expect("detail").contains("injected fault"), "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("injected fault"),
+        "{v}"
+    );
     assert_eq!(v["request_id"], "c");
     set_faults(&m, json!({"status": {"PATCH /api/v1/webrtc/offer/": 500}})).await;
-    let v = ws.call("c2", json!({"type": "icecandidate", "candidate": candidate()})).await;
+    let v = ws
+        .call(
+            "c2",
+            json!({"type": "icecandidate", "candidate": candidate()}),
+        )
+        .await;
     assert_eq!(v["error"], "ICE candidate failed: 500", "{v}");
     ws.assert_open().await;
 }
@@ -353,7 +519,11 @@ async fn ice_non_204_is_ice_candidate_failed() {
 #[tokio::test]
 async fn get_ice_servers_backend_error_status_is_reported() {
     let (m, r) = stack();
-    set_faults(&m, json!({"status": {"GET /api/v1/webrtc/ice-servers": 500}})).await;
+    set_faults(
+        &m,
+        json!({"status": {"GET /api/v1/webrtc/ice-servers": 500}}),
+    )
+    .await;
     let mut ws = Ws::connect(&r.ws_url()).await;
     let v = ws.call("i", json!({"type": "get_ice_servers"})).await;
     // The table's success shape carries the status code; a 500 must not look like a healthy answer.
@@ -370,7 +540,8 @@ async fn get_ice_servers_backend_error_status_is_reported() {
 
 #[tokio::test]
 async fn too_large_message_closes_with_1009() {
-    let (_m, r, _routes) = stack_with(&[("max_message_bytes: 134217728", "max_message_bytes: 1024")]);
+    let (_m, r, _routes) =
+        stack_with(&[("max_message_bytes: 134217728", "max_message_bytes: 1024")]);
     let mut ws = Ws::connect(&r.ws_url()).await;
     // Just under the limit is fine.
     let v = ws
@@ -396,7 +567,10 @@ async fn max_in_flight_refuses_the_excess_and_completes_the_rest() {
     assert_eq!(third["code"], "TOO_MANY_IN_FLIGHT", "{third}");
     for rid in ["s1", "s2"] {
         let v = ws.reply_to(rid).await;
-        assert_eq!(v, json!({"type": "api_response", "status": 200, "data": {"slept_ms": 1500}, "request_id": rid}));
+        assert_eq!(
+            v,
+            json!({"type": "api_response", "status": 200, "data": {"slept_ms": 1500}, "request_id": rid})
+        );
     }
     // Once they are done, new messages are served again.
     ws.assert_open().await;
@@ -410,27 +584,45 @@ async fn another_connections_session_is_not_usable() {
     let (m, r) = stack();
     let mut a = Ws::connect(&r.ws_url()).await;
     let mut b = Ws::connect(&r.ws_url()).await;
-    let sid = a.offer("o").await["sessionId"].as_str().expect("sid").to_owned();
+    let sid = a.offer("o").await["sessionId"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
     let before = mock_total(&m).await;
     let v = b
-        .call("steal", json!({"type": "icecandidate", "sessionId": sid, "candidate": candidate()}))
+        .call(
+            "steal",
+            json!({"type": "icecandidate", "sessionId": sid, "candidate": candidate()}),
+        )
         .await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["code"], "SESSION_NOT_OWNED", "{v}");
     assert_eq!(v["request_id"], "steal");
     b.assert_open().await;
-    assert_eq!(mock_total(&m).await, before, "no PATCH may reach the backend");
+    assert_eq!(
+        mock_total(&m).await,
+        before,
+        "no PATCH may reach the backend"
+    );
     assert!(mock_recent(&m, "PATCH", "/").await.is_empty());
     assert_eq!(mock_sessions(&m).await[0]["candidates"], json!([]));
     // An unknown id is refused the same way.
     let v = b
-        .call("bogus", json!({"type": "icecandidate", "sessionId": "nope", "candidate": candidate()}))
+        .call(
+            "bogus",
+            json!({"type": "icecandidate", "sessionId": "nope", "candidate": candidate()}),
+        )
         .await;
     assert_eq!(v["code"], "SESSION_NOT_OWNED", "{v}");
     // B closing does not delete A's session.
     b.close().await;
     r.wait_for_line("disconnected").await;
-    let a_ok = a.call("mine", json!({"type": "icecandidate", "sessionId": sid, "candidate": candidate()})).await;
+    let a_ok = a
+        .call(
+            "mine",
+            json!({"type": "icecandidate", "sessionId": sid, "candidate": candidate()}),
+        )
+        .await;
     assert_eq!(a_ok["status"], "ok", "{a_ok}");
     assert!(mock_deleted(&m).await.is_empty());
 }
@@ -497,13 +689,19 @@ async fn per_path_timeouts_of_the_original_apply() {
     let mut ws = Ws::connect(&r.ws_url()).await;
     let msgs = [
         ("rec", api("GET", "/api/v1/recordings/abc?size=1000")),
-        ("lora", json!({"type": "api", "method": "POST", "path": "/api/v1/loras", "body": {"url": "x"}})),
+        (
+            "lora",
+            json!({"type": "api", "method": "POST", "path": "/api/v1/loras", "body": {"url": "x"}}),
+        ),
         (
             "upload",
             json!({"type": "api", "method": "POST", "path": "/api/v1/assets?filename=a.png",
                    "body": {"_base64_content": "aGVsbG8=", "_content_type": "image/png"}}),
         ),
-        ("json", json!({"type": "api", "method": "POST", "path": "/api/v1/mock/echo", "body": {"a": 1}})),
+        (
+            "json",
+            json!({"type": "api", "method": "POST", "path": "/api/v1/mock/echo", "body": {"a": 1}}),
+        ),
     ];
     for (rid, mut msg) in msgs {
         msg["request_id"] = json!(rid);
@@ -517,7 +715,10 @@ async fn per_path_timeouts_of_the_original_apply() {
     let up = ws.reply_to("upload").await;
     assert_eq!(up["status"], 200, "uploads have 60 s: {up}");
     let plain = ws.reply_to("json").await;
-    assert_eq!(plain["status"], 504, "a plain JSON POST keeps the 1 s default: {plain}");
+    assert_eq!(
+        plain["status"], 504,
+        "a plain JSON POST keeps the 1 s default: {plain}"
+    );
     assert_eq!(plain["error"], "Request timeout");
 }
 
@@ -547,6 +748,12 @@ async fn max_duration_sends_the_error_and_closes() {
     let mut ws = Ws::connect(&r.ws_url()).await;
     ws.assert_open().await;
     let v = ws.recv().await;
-    assert_eq!(v, json!({"type": "error", "error": "Max duration exceeded", "code": "MAX_DURATION_EXCEEDED"}));
-    assert!(ws.closed().await.is_some(), "the server closes the socket after the error");
+    assert_eq!(
+        v,
+        json!({"type": "error", "error": "Max duration exceeded", "code": "MAX_DURATION_EXCEEDED"})
+    );
+    assert!(
+        ws.closed().await.is_some(),
+        "the server closes the socket after the error"
+    );
 }

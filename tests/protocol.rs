@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 fn b64(b: &[u8]) -> String {
@@ -44,7 +47,9 @@ async fn ready_then_ping_pong() {
 #[tokio::test]
 async fn ready_is_exactly_type_and_connection_id() {
     let (_m, r) = stack();
-    let (mut inner, _) = tokio_tungstenite::connect_async(r.ws_url()).await.expect("connect");
+    let (mut inner, _) = tokio_tungstenite::connect_async(r.ws_url())
+        .await
+        .expect("connect");
     use futures_util::StreamExt as _;
     let first = tokio::time::timeout(WAIT, inner.next())
         .await
@@ -65,7 +70,11 @@ async fn ready_is_exactly_type_and_connection_id() {
 #[tokio::test]
 async fn auth_token_query_parameter_is_accepted() {
     let (_m, r) = stack();
-    let mut ws = Ws::connect(&format!("{}?fal_jwt_token=eyJhbGciOiJIUzI1NiJ9.e30.sig", r.ws_url())).await;
+    let mut ws = Ws::connect(&format!(
+        "{}?fal_jwt_token=eyJhbGciOiJIUzI1NiJ9.e30.sig",
+        r.ws_url()
+    ))
+    .await;
     ws.assert_open().await;
 }
 
@@ -99,8 +108,16 @@ async fn get_ice_servers_carries_backend_json_and_status() {
     // The data is exactly what the backend answers.
     let (code, direct) = get_json(&format!("{}/api/v1/webrtc/ice-servers", m.http())).await;
     assert_eq!(code, 200);
-    assert_eq!(v, json!({"type": "ice_servers", "data": direct, "status": 200, "request_id": "i1"}));
-    assert_eq!(mock_recent(&m, "GET", "/api/v1/webrtc/ice-servers").await.len(), 2);
+    assert_eq!(
+        v,
+        json!({"type": "ice_servers", "data": direct, "status": 200, "request_id": "i1"})
+    );
+    assert_eq!(
+        mock_recent(&m, "GET", "/api/v1/webrtc/ice-servers")
+            .await
+            .len(),
+        2
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,13 +129,23 @@ async fn offer_relays_sdp_and_answers_with_session() {
     let mut ws = Ws::connect(&r.ws_url()).await;
     let params = json!({"prompts": [{"text": "a cat", "weight": 1.0}]});
     let a = ws
-        .call("o1", json!({"type": "offer", "sdp": SDP_OFFER, "initialParameters": params}))
+        .call(
+            "o1",
+            json!({"type": "offer", "sdp": SDP_OFFER, "initialParameters": params}),
+        )
         .await;
-    assert_eq!(keys(&a), ["request_id", "sdp", "sdp_type", "sessionId", "type"], "{a}");
+    assert_eq!(
+        keys(&a),
+        ["request_id", "sdp", "sdp_type", "sessionId", "type"],
+        "{a}"
+    );
     assert_eq!(a["type"], "answer");
     assert_eq!(a["sdp_type"], "answer");
     assert_eq!(a["request_id"], "o1");
-    assert!(a["sdp"].as_str().expect("sdp string").starts_with("v=0"), "{a}");
+    assert!(
+        a["sdp"].as_str().expect("sdp string").starts_with("v=0"),
+        "{a}"
+    );
     let sid = a["sessionId"].as_str().expect("sessionId").to_owned();
 
     // The backend got {sdp, type: "offer" (the default), initialParameters, connection_id}.
@@ -140,7 +167,10 @@ async fn offer_with_explicit_sdp_type_and_numeric_request_id() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let a = ws
-        .call_with_id(json!(7), json!({"type": "offer", "sdp": SDP_OFFER, "sdp_type": "offer"}))
+        .call_with_id(
+            json!(7),
+            json!({"type": "offer", "sdp": SDP_OFFER, "sdp_type": "offer"}),
+        )
         .await;
     assert_eq!(a["type"], "answer", "{a}");
     assert_eq!(a["request_id"], 7);
@@ -153,10 +183,18 @@ async fn offer_with_explicit_sdp_type_and_numeric_request_id() {
 async fn icecandidate_uses_the_remembered_session() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let sid = ws.offer("o1").await["sessionId"].as_str().expect("sid").to_owned();
+    let sid = ws.offer("o1").await["sessionId"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
     let cand = json!({"candidate": "candidate:1 1 UDP 2122252543 192.0.2.10 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
-    let ack = ws.call("c1", json!({"type": "icecandidate", "candidate": cand})).await;
-    assert_eq!(ack, json!({"type": "icecandidate_ack", "status": "ok", "request_id": "c1"}));
+    let ack = ws
+        .call("c1", json!({"type": "icecandidate", "candidate": cand}))
+        .await;
+    assert_eq!(
+        ack,
+        json!({"type": "icecandidate_ack", "status": "ok", "request_id": "c1"})
+    );
 
     let patches = mock_recent(&m, "PATCH", "/api/v1/webrtc/offer/").await;
     assert_eq!(patches.len(), 1);
@@ -171,25 +209,48 @@ async fn icecandidate_uses_the_remembered_session() {
 async fn icecandidate_with_explicit_own_session_id() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let first = ws.offer("o1").await["sessionId"].as_str().expect("sid").to_owned();
-    let second = ws.offer("o2").await["sessionId"].as_str().expect("sid").to_owned();
+    let first = ws.offer("o1").await["sessionId"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let second = ws.offer("o2").await["sessionId"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
     assert_ne!(first, second);
     // Name the older session explicitly: the candidate must go there, not to the latest.
     let cand = json!({"candidate": "candidate:2 1 UDP 1 192.0.2.11 5000 typ host", "sdpMid": null, "sdpMLineIndex": null});
     let ack = ws
-        .call_with_id(json!({"k": 1}), json!({"type": "icecandidate", "sessionId": first, "candidate": cand}))
+        .call_with_id(
+            json!({"k": 1}),
+            json!({"type": "icecandidate", "sessionId": first, "candidate": cand}),
+        )
         .await;
-    assert_eq!(ack, json!({"type": "icecandidate_ack", "status": "ok", "request_id": {"k": 1}}));
+    assert_eq!(
+        ack,
+        json!({"type": "icecandidate_ack", "status": "ok", "request_id": {"k": 1}})
+    );
     let sessions = mock_sessions(&m).await;
-    let by_id = |id: &str| sessions.iter().find(|s| s["id"] == id).expect("session").clone();
+    let by_id = |id: &str| {
+        sessions
+            .iter()
+            .find(|s| s["id"] == id)
+            .expect("session")
+            .clone()
+    };
     assert_eq!(by_id(&first)["candidates"], json!([cand]));
     assert_eq!(by_id(&second)["candidates"], json!([]));
     // Without a sessionId, the latest offer's session is used.
     let cand2 = json!({"candidate": "candidate:3 1 UDP 1 192.0.2.12 5001 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
-    let ack = ws.call("c2", json!({"type": "icecandidate", "candidate": cand2})).await;
+    let ack = ws
+        .call("c2", json!({"type": "icecandidate", "candidate": cand2}))
+        .await;
     assert_eq!(ack["status"], "ok", "{ack}");
     let sessions = mock_sessions(&m).await;
-    let s2 = sessions.iter().find(|s| s["id"] == second.as_str()).expect("session");
+    let s2 = sessions
+        .iter()
+        .find(|s| s["id"] == second.as_str())
+        .expect("session");
     assert_eq!(s2["candidates"], json!([cand2]));
 }
 
@@ -199,17 +260,34 @@ async fn null_candidate_is_end_of_candidates_without_backend_call() {
     let mut ws = Ws::connect(&r.ws_url()).await;
     ws.offer("o1").await;
     let before = mock_stats(&m).await;
-    let ack = ws.call("end", json!({"type": "icecandidate", "candidate": null})).await;
-    assert_eq!(ack, json!({"type": "icecandidate_ack", "status": "end_of_candidates", "request_id": "end"}));
-    // Same with an explicit session id.
-    let sid = mock_sessions(&m).await[0]["id"].as_str().expect("sid").to_owned();
     let ack = ws
-        .call("end2", json!({"type": "icecandidate", "sessionId": sid, "candidate": null}))
+        .call("end", json!({"type": "icecandidate", "candidate": null}))
         .await;
-    assert_eq!(ack, json!({"type": "icecandidate_ack", "status": "end_of_candidates", "request_id": "end2"}));
+    assert_eq!(
+        ack,
+        json!({"type": "icecandidate_ack", "status": "end_of_candidates", "request_id": "end"})
+    );
+    // Same with an explicit session id.
+    let sid = mock_sessions(&m).await[0]["id"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let ack = ws
+        .call(
+            "end2",
+            json!({"type": "icecandidate", "sessionId": sid, "candidate": null}),
+        )
+        .await;
+    assert_eq!(
+        ack,
+        json!({"type": "icecandidate_ack", "status": "end_of_candidates", "request_id": "end2"})
+    );
     ws.assert_open().await;
     let after = mock_stats(&m).await;
-    assert_eq!(after["total"], before["total"], "no backend call for end of candidates");
+    assert_eq!(
+        after["total"], before["total"],
+        "no backend call for end of candidates"
+    );
     assert!(mock_recent(&m, "PATCH", "/").await.is_empty());
 }
 
@@ -218,8 +296,13 @@ async fn icecandidate_before_any_offer_is_an_error() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let cand = json!({"candidate": "candidate:1 1 UDP 1 192.0.2.1 1 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
-    let v = ws.call("c0", json!({"type": "icecandidate", "candidate": cand})).await;
-    assert_eq!(v, json!({"type": "error", "error": "No session ID available for ICE candidate", "request_id": "c0"}));
+    let v = ws
+        .call("c0", json!({"type": "icecandidate", "candidate": cand}))
+        .await;
+    assert_eq!(
+        v,
+        json!({"type": "error", "error": "No session ID available for ICE candidate", "request_id": "c0"})
+    );
     ws.assert_open().await;
     assert_eq!(mock_total(&m).await, 0);
 }
@@ -229,9 +312,18 @@ async fn disconnect_deletes_every_session_of_that_connection_only() {
     let (m, r) = stack();
     let mut a = Ws::connect(&r.ws_url()).await;
     let mut b = Ws::connect(&r.ws_url()).await;
-    let a1 = a.offer("a1").await["sessionId"].as_str().expect("sid").to_owned();
-    let a2 = a.offer("a2").await["sessionId"].as_str().expect("sid").to_owned();
-    let b1 = b.offer("b1").await["sessionId"].as_str().expect("sid").to_owned();
+    let a1 = a.offer("a1").await["sessionId"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let a2 = a.offer("a2").await["sessionId"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let b1 = b.offer("b1").await["sessionId"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
     assert!(mock_deleted(&m).await.is_empty());
 
     a.close().await;
@@ -240,11 +332,20 @@ async fn disconnect_deletes_every_session_of_that_connection_only() {
         (d.contains(&a1) && d.contains(&a2)).then_some(d)
     })
     .await;
-    assert!(!deleted.contains(&b1), "B is still open; its session must live: {deleted:?}");
+    assert!(
+        !deleted.contains(&b1),
+        "B is still open; its session must live: {deleted:?}"
+    );
     let deletes = mock_recent(&m, "DELETE", "/api/v1/webrtc/offer/").await;
-    let mut paths: Vec<String> = deletes.iter().map(|d| d["path"].as_str().expect("path").to_owned()).collect();
+    let mut paths: Vec<String> = deletes
+        .iter()
+        .map(|d| d["path"].as_str().expect("path").to_owned())
+        .collect();
     paths.sort();
-    let mut want = vec![format!("/api/v1/webrtc/offer/{a1}"), format!("/api/v1/webrtc/offer/{a2}")];
+    let mut want = vec![
+        format!("/api/v1/webrtc/offer/{a1}"),
+        format!("/api/v1/webrtc/offer/{a2}"),
+    ];
     want.sort();
     assert_eq!(paths, want);
 
@@ -254,7 +355,60 @@ async fn disconnect_deletes_every_session_of_that_connection_only() {
     assert_eq!(live.len(), 1);
     assert_eq!(live[0]["id"], b1.as_str());
     b.close().await;
-    eventually("B's session deleted", || async { mock_deleted(&m).await.contains(&b1).then_some(()) }).await;
+    eventually("B's session deleted", || async {
+        mock_deleted(&m).await.contains(&b1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn disconnect_with_an_offer_in_flight_still_deletes_its_session() {
+    let (m, r) = stack();
+    set_faults(&m, json!({"delay_ms": {"POST /api/v1/webrtc/offer": 1000}})).await;
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    ws.send(&json!({"type": "offer", "sdp": SDP_OFFER, "request_id": "late"}))
+        .await;
+    eventually("the offer to reach the backend", || async {
+        (!mock_recent(&m, "POST", "/api/v1/webrtc/offer")
+            .await
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    ws.close().await;
+    // The session the backend opens after the client left must not leak.
+    let deleted = eventually("the late session deleted", || async {
+        let d = mock_deleted(&m).await;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(deleted.len(), 1);
+    assert!(
+        mock_sessions(&m).await.is_empty(),
+        "no live session may remain"
+    );
+}
+
+#[tokio::test]
+async fn log_lines_about_a_connection_carry_its_id() {
+    let (_m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let id = ws.connection_id.clone();
+    ws.assert_open().await;
+    ws.close().await;
+    r.wait_for_line("disconnected").await;
+    let out = r.output();
+    let about: Vec<&str> = out.lines().filter(|l| l.contains("connected")).collect();
+    assert!(
+        about.len() >= 2,
+        "expected connected and disconnected lines:\n{out}"
+    );
+    for l in about {
+        assert!(
+            l.contains(&id),
+            "log line without the connection id {id}: {l}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -278,27 +432,50 @@ async fn api_get_json() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let v = ws.call("a1", api("GET", "/api/v1/pipeline/status")).await;
-    assert_eq!(v, json!({"type": "api_response", "status": 200, "data": {"status": "not_loaded"}, "request_id": "a1"}));
+    assert_eq!(
+        v,
+        json!({"type": "api_response", "status": 200, "data": {"status": "not_loaded"}, "request_id": "a1"})
+    );
     let got = mock_recent(&m, "GET", "/api/v1/pipeline/status").await;
     assert_eq!(got.len(), 1);
+}
+
+#[tokio::test]
+async fn api_backend_health_is_reachable() {
+    let (_m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let v = ws.call("h", api("GET", "/health")).await;
+    assert_eq!(v["type"], "api_response", "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["data"]["status"], "healthy", "{v}");
 }
 
 #[tokio::test]
 async fn api_method_defaults_to_get_when_absent() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("a1", json!({"type": "api", "path": "/api/v1/hardware/info"})).await;
+    let v = ws
+        .call(
+            "a1",
+            json!({"type": "api", "path": "/api/v1/hardware/info"}),
+        )
+        .await;
     assert_eq!(v["type"], "api_response", "{v}");
     assert_eq!(v["status"], 200, "{v}");
     assert!(v["data"].is_object(), "{v}");
-    assert_eq!(mock_recent(&m, "GET", "/api/v1/hardware/info").await.len(), 1);
+    assert_eq!(
+        mock_recent(&m, "GET", "/api/v1/hardware/info").await.len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn api_query_string_passes_through_unchanged() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("q", api("GET", "/api/v1/models/status?pipeline_id=abc")).await;
+    let v = ws
+        .call("q", api("GET", "/api/v1/models/status?pipeline_id=abc"))
+        .await;
     assert_eq!(v["type"], "api_response");
     assert_eq!(v["status"], 200);
     assert_eq!(v["data"]["pipeline_id"], "abc", "{v}");
@@ -306,7 +483,9 @@ async fn api_query_string_passes_through_unchanged() {
     assert_eq!(got[0]["path"], "/api/v1/models/status?pipeline_id=abc");
 
     // Encoded characters and several parameters arrive byte for byte.
-    let v = ws.call("q2", api("GET", "/api/v1/mock/echo?x=a%20b&y=%2Fz&x=2")).await;
+    let v = ws
+        .call("q2", api("GET", "/api/v1/mock/echo?x=a%20b&y=%2Fz&x=2"))
+        .await;
     assert_eq!(v["status"], 200);
     assert_eq!(v["data"]["query"], "x=a%20b&y=%2Fz&x=2", "{v}");
     assert_eq!(v["data"]["path"], "/api/v1/mock/echo");
@@ -318,7 +497,10 @@ async fn api_post_json_body_then_status_shows_loaded() {
     let mut ws = Ws::connect(&r.ws_url()).await;
     let body = json!({"pipeline_ids": ["streamdiffusionv2"], "load_params": {"height": 512, "width": 512}});
     let v = ws
-        .call("load", json!({"type": "api", "method": "POST", "path": "/api/v1/pipeline/load", "body": body}))
+        .call(
+            "load",
+            json!({"type": "api", "method": "POST", "path": "/api/v1/pipeline/load", "body": body}),
+        )
         .await;
     assert_eq!(v["type"], "api_response");
     assert_eq!(v["status"], 200, "{v}");
@@ -354,7 +536,12 @@ async fn api_patch_delete_put_reach_the_backend_with_method_and_body() {
         assert_eq!(v["data"]["path"], "/api/v1/mock/echo/sub/path");
         assert_eq!(v["data"]["body_json"], body, "{method}");
         assert_eq!(v["data"]["headers"]["content-type"], "application/json");
-        assert_eq!(mock_recent(&m, method, "/api/v1/mock/echo/sub/path").await.len(), 1);
+        assert_eq!(
+            mock_recent(&m, method, "/api/v1/mock/echo/sub/path")
+                .await
+                .len(),
+            1
+        );
     }
 }
 
@@ -363,7 +550,10 @@ async fn api_lowercase_method_works() {
     let (m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let v = ws
-        .call("lc", json!({"type": "api", "method": "post", "path": "/api/v1/mock/echo", "body": {"a": 1}}))
+        .call(
+            "lc",
+            json!({"type": "api", "method": "post", "path": "/api/v1/mock/echo", "body": {"a": 1}}),
+        )
         .await;
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["data"]["method"], "POST");
@@ -377,10 +567,16 @@ async fn api_lowercase_method_works() {
 async fn api_non_object_json_bodies_are_sent_as_json() {
     let (_m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    for (i, body) in [json!([1, 2, 3]), json!("text"), json!(5), json!(true)].into_iter().enumerate() {
+    for (i, body) in [json!([1, 2, 3]), json!("text"), json!(5), json!(true)]
+        .into_iter()
+        .enumerate()
+    {
         let rid = format!("b{i}");
         let v = ws
-            .call(&rid, json!({"type": "api", "method": "POST", "path": "/api/v1/mock/echo", "body": body}))
+            .call(
+                &rid,
+                json!({"type": "api", "method": "POST", "path": "/api/v1/mock/echo", "body": body}),
+            )
             .await;
         assert_eq!(v["status"], 200, "{v}");
         assert_eq!(v["data"]["body_json"], body);
@@ -392,10 +588,19 @@ async fn api_text_response_is_a_string() {
     let (_m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let v = ws.call("t", api("GET", "/api/v1/mock/text")).await;
-    assert_eq!(v, json!({"type": "api_response", "status": 200, "data": "hello from mock-scope", "request_id": "t"}));
+    assert_eq!(
+        v,
+        json!({"type": "api_response", "status": 200, "data": "hello from mock-scope", "request_id": "t"})
+    );
     let v = ws.call("logs", api("GET", "/api/v1/logs/current")).await;
     assert_eq!(v["status"], 200);
-    assert!(v["data"].as_str().expect("text data").contains("mock-scope started"), "{v}");
+    assert!(
+        v["data"]
+            .as_str()
+            .expect("text data")
+            .contains("mock-scope started"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -404,7 +609,9 @@ async fn api_backend_error_status_passes_through() {
     let mut ws = Ws::connect(&r.ws_url()).await;
     for code in [400u16, 404, 422, 500, 503] {
         let rid = format!("s{code}");
-        let v = ws.call(&rid, api("GET", &format!("/api/v1/mock/status/{code}"))).await;
+        let v = ws
+            .call(&rid, api("GET", &format!("/api/v1/mock/status/{code}")))
+            .await;
         assert_eq!(
             v,
             json!({"type": "api_response", "status": code, "data": {"detail": format!("mock status {code}")}, "request_id": rid})
@@ -421,7 +628,9 @@ async fn api_backend_error_status_passes_through() {
 async fn api_empty_204_response() {
     let (_m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("nc", api("DELETE", "/api/v1/mock/status/204")).await;
+    let v = ws
+        .call("nc", api("DELETE", "/api/v1/mock/status/204"))
+        .await;
     assert_eq!(v["type"], "api_response", "{v}");
     assert_eq!(v["status"], 204, "{v}");
     assert_eq!(v["request_id"], "nc");
@@ -445,7 +654,12 @@ async fn api_base64_upload_of_20_mb_arrives_raw_with_content_type() {
         "body": {"_base64_content": b64(&payload), "_content_type": "image/png"},
     });
     let v = ws.call("up", msg).await;
-    assert_eq!(v["type"], "api_response", "{}", v.to_string().chars().take(500).collect::<String>());
+    assert_eq!(
+        v["type"],
+        "api_response",
+        "{}",
+        v.to_string().chars().take(500).collect::<String>()
+    );
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["data"]["sha256"], digest.as_str());
     assert_eq!(v["data"]["size_bytes"], payload.len());
@@ -477,7 +691,12 @@ async fn api_base64_upload_defaults_to_octet_stream() {
     assert_eq!(rec[0]["content_type"], "application/octet-stream");
     // And it can be read back through the binary download path.
     let v = ws.call("down", api("GET", "/api/v1/assets/blob.bin")).await;
-    assert_eq!(v["status"], 200, "{}", v.to_string().chars().take(300).collect::<String>());
+    assert_eq!(
+        v["status"],
+        200,
+        "{}",
+        v.to_string().chars().take(300).collect::<String>()
+    );
     assert_eq!(v["_content_type"], "application/octet-stream");
     let back = base64::engine::general_purpose::STANDARD
         .decode(v["_base64_content"].as_str().expect("base64"))
@@ -489,31 +708,52 @@ async fn api_base64_upload_defaults_to_octet_stream() {
 async fn api_binary_download_is_base64() {
     let (_m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let v = ws.call("rec", api("GET", "/api/v1/recordings/abc?size=3000000")).await;
+    let v = ws
+        .call("rec", api("GET", "/api/v1/recordings/abc?size=3000000"))
+        .await;
     assert_eq!(v["type"], "api_response");
     assert_eq!(v["status"], 200);
     assert_eq!(v["_content_type"], "video/mp4");
     assert_eq!(v["_content_length"], 3_000_000);
-    assert!(v.get("data").is_none(), "binary replies carry no data field");
+    assert!(
+        v.get("data").is_none(),
+        "binary replies carry no data field"
+    );
     assert_eq!(
         keys(&v),
-        ["_base64_content", "_content_length", "_content_type", "request_id", "status", "type"]
+        [
+            "_base64_content",
+            "_content_length",
+            "_content_type",
+            "request_id",
+            "status",
+            "type"
+        ]
     );
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(v["_base64_content"].as_str().expect("base64 string"))
         .expect("valid base64");
     assert_eq!(bytes.len(), 3_000_000);
-    assert!(bytes == pattern(3_000_000), "decoded bytes differ from the mock's pattern");
+    assert!(
+        bytes == pattern(3_000_000),
+        "decoded bytes differ from the mock's pattern"
+    );
 }
 
 #[tokio::test]
 async fn api_binary_download_other_binary_types() {
     let (_m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    for (i, ct) in ["image/png", "audio/wav", "application/octet-stream"].iter().enumerate() {
+    for (i, ct) in ["image/png", "audio/wav", "application/octet-stream"]
+        .iter()
+        .enumerate()
+    {
         let rid = format!("b{i}");
         let v = ws
-            .call(&rid, api("GET", &format!("/api/v1/mock/binary?size=1000&type={ct}")))
+            .call(
+                &rid,
+                api("GET", &format!("/api/v1/mock/binary?size=1000&type={ct}")),
+            )
             .await;
         assert_eq!(v["status"], 200, "{v}");
         assert_eq!(v["_content_type"], *ct);
@@ -536,11 +776,19 @@ async fn slow_call_does_not_block_a_later_ping() {
     let mut slow = api("GET", "/api/v1/mock/slow?ms=1500");
     slow["request_id"] = json!("slow");
     ws.send(&slow).await;
-    ws.send(&json!({"type": "ping", "request_id": "fast"})).await;
+    ws.send(&json!({"type": "ping", "request_id": "fast"}))
+        .await;
     let first = ws.recv().await;
-    assert_eq!(first, json!({"type": "pong", "request_id": "fast"}), "the pong must overtake the slow call");
+    assert_eq!(
+        first,
+        json!({"type": "pong", "request_id": "fast"}),
+        "the pong must overtake the slow call"
+    );
     let second = ws.recv().await;
-    assert_eq!(second, json!({"type": "api_response", "status": 200, "data": {"slept_ms": 1500}, "request_id": "slow"}));
+    assert_eq!(
+        second,
+        json!({"type": "api_response", "status": 200, "data": {"slept_ms": 1500}, "request_id": "slow"})
+    );
 }
 
 #[tokio::test]
@@ -569,7 +817,11 @@ async fn many_concurrent_api_calls_each_get_their_own_reply() {
         match &v["request_id"] {
             Value::String(rid) => {
                 let i: u64 = rid.trim_start_matches('r').parse().expect("rid");
-                assert_eq!(v["data"]["path"], format!("/api/v1/mock/echo/{i}"), "reply matched to the wrong request");
+                assert_eq!(
+                    v["data"]["path"],
+                    format!("/api/v1/mock/echo/{i}"),
+                    "reply matched to the wrong request"
+                );
                 assert_eq!(v["data"]["body_json"], json!({"i": i}));
             }
             Value::Number(num) => {
@@ -578,7 +830,10 @@ async fn many_concurrent_api_calls_each_get_their_own_reply() {
             }
             other => panic!("unexpected request_id {other}"),
         }
-        assert!(seen.insert(v["request_id"].to_string()), "duplicate reply {v}");
+        assert!(
+            seen.insert(v["request_id"].to_string()),
+            "duplicate reply {v}"
+        );
     }
     assert_eq!(seen.len(), (n + n / 10) as usize);
     ws.assert_open().await;
@@ -612,7 +867,8 @@ async fn disconnect_empties_the_assets_dir_before_the_next_ready() {
         &format!("DAYDREAM_SCOPE_ASSETS_DIR: {:?}", dir.display().to_string()),
     )]);
     let mut cmd = std::process::Command::new(MOCK);
-    cmd.args(["--listen", "127.0.0.1:0", "--quiet"]).env("DAYDREAM_SCOPE_ASSETS_DIR", &dir);
+    cmd.args(["--listen", "127.0.0.1:0", "--quiet"])
+        .env("DAYDREAM_SCOPE_ASSETS_DIR", &dir);
     let m = Proc::start(cmd, "mock-scope listening on");
     let r = router(&routes.path, &m.http(), &[]);
 
@@ -631,5 +887,8 @@ async fn disconnect_empties_the_assets_dir_before_the_next_ready() {
     let left: Vec<_> = std::fs::read_dir(&dir)
         .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "the previous user's files are visible to the next connection: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the previous user's files are visible to the next connection: {left:?}"
+    );
 }

@@ -1,4 +1,5 @@
 //! `scope-router validate`: good files pass; broken ones fail with `file:LINE:COL` and the route named.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 
@@ -35,25 +36,38 @@ fn broken(name: &str) -> String {
         "{name} must fail validation; stdout:\n{}\nstderr:\n{stderr}",
         text(&out.stdout)
     );
-    assert!(stderr.contains(&path.display().to_string()), "stderr must name the file {}:\n{stderr}", path.display());
+    assert!(
+        stderr.contains(&path.display().to_string()),
+        "stderr must name the file {}:\n{stderr}",
+        path.display()
+    );
     stderr
 }
 
 /// Asserts stderr places the error at `file:LINE:COL` (any column).
 fn assert_placed(stderr: &str, name: &str, line: u32) {
     let prefix = format!("{}:{line}:", fixture(name).display());
-    let at = stderr
-        .find(&prefix)
-        .unwrap_or_else(|| panic!("{name}: expected the error at line {line} ({prefix}COL) in:\n{stderr}"));
+    let at = stderr.find(&prefix).unwrap_or_else(|| {
+        panic!("{name}: expected the error at line {line} ({prefix}COL) in:\n{stderr}")
+    });
     let rest = &stderr[at + prefix.len()..];
     let col: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    assert!(!col.is_empty() && col != "0", "{name}: expected a column after {prefix} in:\n{stderr}");
-    assert!(rest[col.len()..].starts_with(':'), "{name}: expected `:` after the column in:\n{stderr}");
+    assert!(
+        !col.is_empty() && col != "0",
+        "{name}: expected a column after {prefix} in:\n{stderr}"
+    );
+    assert!(
+        rest[col.len()..].starts_with(':'),
+        "{name}: expected `:` after the column in:\n{stderr}"
+    );
 }
 
 fn assert_mentions(stderr: &str, name: &str, needles: &[&str]) {
     for n in needles {
-        assert!(stderr.contains(n), "{name}: stderr must mention {n:?}:\n{stderr}");
+        assert!(
+            stderr.contains(n),
+            "{name}: stderr must mention {n:?}:\n{stderr}"
+        );
     }
 }
 
@@ -64,7 +78,12 @@ fn assert_mentions(stderr: &str, name: &str, needles: &[&str]) {
 fn default_routes_validate() {
     let path = repo().join("routes.yaml");
     let out = validate(&path);
-    assert!(out.status.success(), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
 }
 
@@ -87,7 +106,12 @@ fn example_routes_validate() {
         return;
     }
     let out = validate(&path);
-    assert!(out.status.success(), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -96,7 +120,11 @@ fn missing_file_fails() {
     let path = dir.path().join("nope.yaml");
     let out = validate(&path);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("nope.yaml"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nope.yaml"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,7 +175,10 @@ fn yaml_error_in_a_tempdir_file_is_placed() {
     let out = validate(&routes.path);
     let stderr = self::text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("{}:47:", routes.path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:47:", routes.path.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("bogus_field"), "{stderr}");
 }
 
@@ -157,13 +188,21 @@ fn yaml_error_in_a_tempdir_file_is_placed() {
 #[test]
 fn route_naming_a_missing_schema_fails_and_names_the_route() {
     let e = broken("missing_schema.yaml");
-    assert_mentions(&e, "missing_schema.yaml", &["widget", "widget_does_not_exist.json"]);
+    assert_mentions(
+        &e,
+        "missing_schema.yaml",
+        &["widget", "widget_does_not_exist.json"],
+    );
 }
 
 #[test]
 fn schema_that_is_not_json_fails_and_names_the_route() {
     let e = broken("schema_not_json.yaml");
-    assert_mentions(&e, "schema_not_json.yaml", &["thing", "not_json.json", "line 5"]);
+    assert_mentions(
+        &e,
+        "schema_not_json.yaml",
+        &["thing", "not_json.json", "line 5"],
+    );
 }
 
 #[test]
@@ -193,7 +232,11 @@ fn route_with_two_handlers_fails_and_names_the_route() {
 #[test]
 fn from_message_with_fixed_path_fails_and_names_the_route() {
     let e = broken("from_message_with_path.yaml");
-    assert_mentions(&e, "from_message_with_path.yaml", &["`api`", "from_message"]);
+    assert_mentions(
+        &e,
+        "from_message_with_path.yaml",
+        &["`api`", "from_message"],
+    );
 }
 
 #[test]

@@ -42,7 +42,9 @@ impl Drop for Proc {
 impl Proc {
     /// Starts `cmd` and waits for a stdout line containing `marker` followed by `http://ADDR`.
     pub fn start(mut cmd: Command, marker: &str) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
@@ -78,7 +80,10 @@ impl Proc {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("process did not announce its address; output:\n{}", lines.lock().unwrap().join("\n"));
+                panic!(
+                    "process did not announce its address; output:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
             }
         };
         Proc { child, addr, lines }
@@ -92,10 +97,20 @@ impl Proc {
     pub async fn wait_for_line(&self, needle: &str) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
                 return l.clone();
             }
-            assert!(tokio::time::Instant::now() < deadline, "no line containing {needle:?} in:\n{}", self.output());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no line containing {needle:?} in:\n{}",
+                self.output()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -121,7 +136,13 @@ pub fn router(routes: &Path, backend: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(ROUTER);
     cmd.args(["serve", "--routes"])
         .arg(routes)
-        .args(["--listen", "127.0.0.1:0", "--backend-url", backend, "--no-supervise"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--backend-url",
+            backend,
+            "--no-supervise",
+        ])
         .args(extra)
         .env("RUST_LOG", "info,scope_router=debug");
     Proc::start(cmd, "scope-router listening on")
@@ -155,7 +176,10 @@ impl Ws {
             connection_id: String::new(),
         };
         let ready = ws.recv().await;
-        assert_eq!(ready["type"], "ready", "first message must be ready: {ready}");
+        assert_eq!(
+            ready["type"], "ready",
+            "first message must be ready: {ready}"
+        );
         ws.connection_id = ready["connection_id"].as_str().unwrap().to_owned();
         ws
     }
@@ -215,7 +239,10 @@ impl Ws {
     /// Waits for the close frame; returns its code.
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
-            match tokio::time::timeout(WAIT, self.inner.next()).await.expect("timed out waiting for close") {
+            match tokio::time::timeout(WAIT, self.inner.next())
+                .await
+                .expect("timed out waiting for close")
+            {
                 Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
@@ -234,8 +261,13 @@ pub async fn get_json(url: &str) -> (u16, Value) {
 pub async fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(host)).await.unwrap().unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(host))
+        .await
+        .unwrap()
+        .unwrap();
     let body = body.unwrap_or("");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -243,11 +275,21 @@ pub async fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) 
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -279,7 +321,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -327,7 +372,10 @@ impl TempRoutes {
 /// exactly once), its schema directory pointed at the repo's `schemas/`, written to a tempdir.
 pub fn default_routes_with(replacements: &[(&str, &str)]) -> TempRoutes {
     let mut text = std::fs::read_to_string(repo().join("routes.yaml")).expect("read routes.yaml");
-    let schemas = format!("schemas: {:?}", repo().join("schemas").display().to_string());
+    let schemas = format!(
+        "schemas: {:?}",
+        repo().join("schemas").display().to_string()
+    );
     text = replace_once(&text, "\nschemas: schemas\n", &format!("\n{schemas}\n"));
     for (from, to) in replacements {
         text = replace_once(&text, from, to);
@@ -336,7 +384,11 @@ pub fn default_routes_with(replacements: &[(&str, &str)]) -> TempRoutes {
 }
 
 fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(text.matches(from).count(), 1, "{from:?} must occur exactly once in routes.yaml");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from:?} must occur exactly once in routes.yaml"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -358,7 +410,12 @@ pub fn dead_backend_url() -> String {
 
 /// Sets the mock's fault rules (`{"delay_ms": {...}, "status": {...}}`), replacing earlier ones.
 pub async fn set_faults(m: &Proc, faults: Value) {
-    let (status, body) = http(&format!("{}/_mock/faults", m.http()), "POST", Some(&faults.to_string())).await;
+    let (status, body) = http(
+        &format!("{}/_mock/faults", m.http()),
+        "POST",
+        Some(&faults.to_string()),
+    )
+    .await;
     assert_eq!(status, 200, "setting faults failed: {body}");
 }
 
@@ -374,7 +431,12 @@ pub async fn mock_recent(m: &Proc, method: &str, path_prefix: &str) -> Vec<Value
         .as_array()
         .expect("stats.recent")
         .iter()
-        .filter(|r| r["method"] == method && r["path"].as_str().is_some_and(|p| p.starts_with(path_prefix)))
+        .filter(|r| {
+            r["method"] == method
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(path_prefix))
+        })
         .cloned()
         .collect()
 }
@@ -404,7 +466,11 @@ impl Ws {
     pub async fn assert_open(&mut self) {
         let rid = format!("alive-{}", rand::random::<u32>());
         let pong = self.call(&rid, json!({"type": "ping"})).await;
-        assert_eq!(pong, json!({"type": "pong", "request_id": rid}), "connection must stay open");
+        assert_eq!(
+            pong,
+            json!({"type": "pong", "request_id": rid}),
+            "connection must stay open"
+        );
     }
 
     /// Sends `v` with an arbitrary JSON `request_id` and waits for the reply carrying that exact id.
@@ -441,4 +507,261 @@ impl Ws {
         })
         .await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers added for the limits, hostile-input and chaos suites.
+
+/// Starts the router (unsupervised, in front of `backend`) with extra environment variables.
+pub fn router_env(routes: &Path, backend: &str, envs: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(ROUTER);
+    cmd.args(["serve", "--routes"])
+        .arg(routes)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--backend-url",
+            backend,
+            "--no-supervise",
+        ])
+        .env("RUST_LOG", "info,scope_router=debug");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc::start(cmd, "scope-router listening on")
+}
+
+/// Starts the router supervising the backend its routes file names.
+pub fn router_supervising(routes: &Path) -> Proc {
+    let mut cmd = Command::new(ROUTER);
+    cmd.args(["serve", "--routes"])
+        .arg(routes)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info,scope_router=debug");
+    Proc::start(cmd, "scope-router listening on")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until `/readyz` answers 200 and returns its body.
+pub async fn wait_backend_ready(r: &Proc) -> Value {
+    eventually("backend ready", || async {
+        let (code, body) = get_json(&format!("{}/readyz", r.http())).await;
+        (code == 200).then_some(body)
+    })
+    .await
+}
+
+/// Resident memory of a process in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS")
+}
+
+impl Proc {
+    /// Waits until one output line contains every one of `needles`.
+    pub async fn wait_for_line_with(&self, needles: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return l.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no line containing all of {needles:?} in:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Fails the test unless the process is still running.
+    pub fn assert_running(&mut self) {
+        assert!(
+            self.child.try_wait().expect("try_wait").is_none(),
+            "process exited; output:\n{}",
+            self.output()
+        );
+    }
+}
+
+/// A WebSocket client written by hand over TCP, for what a well-behaved client library will not
+/// do: stop reading, send half a frame, send invalid UTF-8, unmasked or reserved frames.
+pub struct RawWs {
+    pub stream: TcpStream,
+    /// Bytes read past the last parsed frame.
+    pub buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Connects to `addr`, sends the upgrade request for `target` (e.g. `/ws`) and reads the
+    /// response head; returns the client and the head.
+    pub async fn handshake(addr: SocketAddr, target: &str, extra_headers: &str) -> (RawWs, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .expect("handshake timeout")
+                .unwrap();
+            assert!(
+                n > 0,
+                "connection closed during the handshake: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let rest = buf[head_end..].to_vec();
+        (RawWs { stream, buf: rest }, head)
+    }
+
+    /// Connects, upgrades and reads `ready`; returns the client and the connection id.
+    pub async fn connect(addr: SocketAddr) -> (RawWs, String) {
+        let (mut raw, head) = RawWs::handshake(addr, "/ws", "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        let (op, payload) = raw.read_frame().await.expect("ready frame");
+        assert_eq!(op, 1, "ready must be a text frame");
+        let ready: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(ready["type"], "ready", "{ready}");
+        let id = ready["connection_id"].as_str().unwrap().to_owned();
+        (raw, id)
+    }
+
+    /// Encodes one client frame: `first` is FIN/RSV/opcode byte; masked unless `masked` is false.
+    pub fn encode(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let mut out = vec![first];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(mask_bit | n as u8),
+            n if n <= 0xFFFF => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let key: [u8; 4] = rand::random();
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+
+    /// Writes raw bytes.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::timeout(WAIT, self.stream.write_all(bytes))
+            .await
+            .expect("write timeout")
+            .unwrap();
+    }
+
+    /// Sends one masked, final text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.write(&RawWs::encode(0x81, text.as_bytes(), true))
+            .await;
+    }
+
+    /// Reads the next server frame (opcode, payload); `None` when the stream ends.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some((op, payload, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some((op, payload));
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = match tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("read timeout")
+            {
+                Ok(n) => n,
+                Err(_) => return None,
+            };
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads frames until a close frame arrives; returns its code (`None` if the stream ended without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some((op, payload)) = self.read_frame().await {
+            if op == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
+    }
+}
+
+/// Parses one unmasked server frame from the front of `buf`: (opcode, payload, bytes used).
+fn parse_server_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let op = buf[0] & 0x0F;
+    let (len, mut at) = match buf[1] & 0x7F {
+        126 => {
+            if buf.len() < 4 {
+                return None;
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return None;
+            }
+            (
+                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                10,
+            )
+        }
+        n => (n as usize, 2),
+    };
+    if buf[1] & 0x80 != 0 {
+        at += 4; // servers never mask, but skip a key if one is there
+    }
+    if buf.len() < at + len {
+        return None;
+    }
+    Some((op, buf[at..at + len].to_vec(), at + len))
 }
