@@ -14,6 +14,12 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::PoolConfig;
 
+/// A streamed request body (an assembled upload read from disk).
+pub type BodyStream = futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>;
+
+/// Request bodies of the backend pool: whole bytes, or a stream (large uploads), in one pool.
+pub type ReqBody = http_body_util::Either<Full<Bytes>, http_body_util::StreamBody<BodyStream>>;
+
 /// A backend answer, body read whole.
 #[derive(Debug)]
 pub struct BackendResponse {
@@ -73,7 +79,7 @@ impl Readiness {
 
 /// The backend: its base URL (swappable on reload) over one connection pool.
 pub struct Backend {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, ReqBody>,
     /// Calls to other hosts (authorizers, CDN fetches), over https or http; never redirected.
     outbound: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: ArcSwap<String>,
@@ -151,7 +157,31 @@ impl Backend {
         headers: &[(header::HeaderName, String)],
         timeout: Duration,
     ) -> Result<BackendResponse, BackendError> {
-        let req = build_request(method, uri, body, headers)?;
+        let req = build_request(method, uri, body, headers)?.map(http_body_util::Either::Left);
+        let limit = self.max_response_bytes.load(Ordering::Relaxed);
+        exchange(&self.client, req, limit, timeout).await
+    }
+
+    /// One call with a streamed body of known length (an assembled upload).
+    pub async fn call_stream(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: BodyStream,
+        content_type: &str,
+        content_length: u64,
+        timeout: Duration,
+    ) -> Result<BackendResponse, BackendError> {
+        let uri: Uri = format!("{}{path_and_query}", self.base.load())
+            .parse()
+            .map_err(|e| BackendError::BadRequest(format!("{e}")))?;
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_LENGTH, content_length)
+            .body(http_body_util::Either::Right(http_body_util::StreamBody::new(body)))
+            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
         let limit = self.max_response_bytes.load(Ordering::Relaxed);
         exchange(&self.client, req, limit, timeout).await
     }
@@ -201,14 +231,17 @@ fn build_request(
 }
 
 /// Sends `req` on `client` and reads the whole body (at most `limit` bytes), all within `timeout`.
-async fn exchange<C>(
-    client: &Client<C, Full<Bytes>>,
-    req: Request<Full<Bytes>>,
+async fn exchange<C, B>(
+    client: &Client<C, B>,
+    req: Request<B>,
     limit: usize,
     timeout: Duration,
 ) -> Result<BackendResponse, BackendError>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| {

@@ -317,6 +317,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::config::reload::watch(reloader, args.reload_debounce)?;
     }
 
+    state.transfers.spawn_sweeper();
     let supervised = backend_cfg.command.is_some() && !args.no_supervise;
     let supervisor = if supervised {
         let base_dir = args.routes.parent().map(Path::to_owned).unwrap_or_default();

@@ -19,4 +19,5 @@ pub mod server;
 pub mod session;
 pub mod supervisor;
 pub mod template;
+pub mod transfer;
 pub mod validate;

@@ -40,6 +40,8 @@ pub struct AppState {
     /// Extra readiness detail from the supervisor (crash loops and the like).
     pub supervisor_status: ArcSwap<Option<serde_json::Value>>,
     pub connections_total: AtomicU64,
+    /// Uploads being assembled (they outlive connections, for resume).
+    pub transfers: Arc<crate::transfer::Transfers>,
     /// Backend log lines for clients that asked for them (a lagging client loses the oldest).
     pub logs: tokio::sync::broadcast::Sender<Arc<str>>,
     /// Connections admitted and not yet in cleanup (checked against `max_connections`).
@@ -58,6 +60,7 @@ impl AppState {
     ) -> Arc<Self> {
         let (shutdown, _) = watch::channel(false);
         let queue = table.source.file.backend.logs.queue.max(1);
+        let transfers = crate::transfer::Transfers::new(table.source.file.transfers.clone());
         let (logs, _) = tokio::sync::broadcast::channel(queue);
         Arc::new(Self {
             table: ArcSwap::from_pointee(table),
@@ -71,6 +74,7 @@ impl AppState {
             serving: std::sync::atomic::AtomicUsize::new(0),
             cleaning: watch::channel(0).0,
             logs,
+            transfers,
         })
     }
 
@@ -138,13 +142,17 @@ async fn ws(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let conn = Arc::new(ConnCtx::new(ConnCtx::new_id()));
             let authorization = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             let upgrade = session::Upgrade {
                 token: crate::auth::token_from(query.as_deref(), authorization),
             };
+            let conn = Arc::new(ConnCtx::with(
+                ConnCtx::new_id(),
+                state.transfers.clone(),
+                upgrade.token.as_deref(),
+            ));
             session::serve(socket, state, conn, upgrade, shutdown)
         })
 }

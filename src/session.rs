@@ -14,20 +14,80 @@ use crate::codec::{ProtocolError, Reply, Request, decode, error_json, error_repl
 use crate::config::RateConfig;
 use crate::server::AppState;
 
-/// Per-connection state shared with the handlers of its messages.
+/// A message pushed to the client outside request/reply (download chunks).
 #[derive(Debug)]
+pub enum Outbound {
+    Text(String),
+    Binary(bytes::Bytes),
+}
+
+/// Per-connection state shared with the handlers of its messages.
 pub struct ConnCtx {
     /// Short id (8 hex characters) that tags every log line about this connection.
     pub id: Box<str>,
     /// WebRTC sessions this connection opened, oldest first.
     sessions: Mutex<Vec<String>>,
+    /// Digest of the connection's auth token (uploads resume only under the same token).
+    pub token_digest: Option<[u8; 32]>,
+    /// The process-wide upload registry.
+    pub transfers: Arc<crate::transfer::Transfers>,
+    /// Where pushed messages go (set by the session loop).
+    push: std::sync::OnceLock<tokio::sync::mpsc::Sender<Outbound>>,
+    /// Downloads being paced by this connection's acknowledgements.
+    downloads: Mutex<std::collections::HashMap<String, Arc<crate::transfer::Download>>>,
+}
+
+impl std::fmt::Debug for ConnCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnCtx").field("id", &self.id).finish()
+    }
 }
 
 impl ConnCtx {
+    /// A connection with a registry of its own (tests and tools).
     pub fn new(id: impl Into<Box<str>>) -> Self {
+        Self::with(id, crate::transfer::Transfers::new(Default::default()), None)
+    }
+
+    /// A connection of a serving router.
+    pub fn with(id: impl Into<Box<str>>, transfers: Arc<crate::transfer::Transfers>, token: Option<&str>) -> Self {
+        use sha2::Digest;
         Self {
             id: id.into(),
             sessions: Mutex::new(Vec::new()),
+            token_digest: token.map(|t| sha2::Sha256::digest(t.as_bytes()).into()),
+            transfers,
+            push: std::sync::OnceLock::new(),
+            downloads: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    pub fn push_sender(&self) -> Option<tokio::sync::mpsc::Sender<Outbound>> {
+        self.push.get().cloned()
+    }
+
+    fn downloads(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<crate::transfer::Download>>> {
+        self.downloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn add_download(&self, id: &str) -> Arc<crate::transfer::Download> {
+        let d = Arc::new(crate::transfer::Download::default());
+        self.downloads().insert(id.to_owned(), d.clone());
+        d
+    }
+
+    pub fn remove_download(&self, id: &str) {
+        self.downloads().remove(id);
+    }
+
+    /// Records an acknowledgement; false for an unknown download.
+    pub fn ack_download(&self, id: &str, seq: u64) -> bool {
+        match self.downloads().get(id) {
+            Some(d) => {
+                d.ack(seq);
+                true
+            }
+            None => false,
         }
     }
 
@@ -238,6 +298,9 @@ async fn run<S>(
     bytes_out += ready.len() as u64;
     let mut ok = send(&mut tx, ready, write_timeout).await;
 
+    let (push_tx, mut push_rx) = tokio::sync::mpsc::channel::<Outbound>(16);
+    let _ = conn.push.set(push_tx);
+    let binary_uploads = state.table.load().binary_uploads;
     let mut in_flight = FuturesUnordered::new();
     let mut bucket = limits.rate.map(Bucket::new);
     let max_duration = sleep_opt(limits.max_duration.map(|d| d.0));
@@ -266,8 +329,24 @@ async fn run<S>(
         tokio::select! {
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
                 let reply: Reply = reply;
-                bytes_out += reply.text.len() as u64;
-                ok = send(&mut tx, reply.text, write_timeout).await;
+                // An empty reply was answered another way (a chunked download's header).
+                if !reply.text.is_empty() {
+                    bytes_out += reply.text.len() as u64;
+                    ok = send(&mut tx, reply.text, write_timeout).await;
+                }
+            }
+            Some(pushed) = push_rx.recv() => {
+                let msg = match pushed {
+                    Outbound::Text(t) => {
+                        bytes_out += t.len() as u64;
+                        Message::Text(t.into())
+                    }
+                    Outbound::Binary(b) => {
+                        bytes_out += b.len() as u64;
+                        Message::Binary(b)
+                    }
+                };
+                ok = matches!(tokio::time::timeout(write_timeout, tx.send(msg)).await, Ok(Ok(())));
             }
             frame = rx.next() => {
                 last_heard = Instant::now();
@@ -302,7 +381,13 @@ async fn run<S>(
                     }
                     Some(Ok(Message::Binary(b))) => {
                         bytes_in += b.len() as u64;
-                        Some(error_reply(None, &ProtocolError::BinaryFrame))
+                        match crate::transfer::parse_binary_chunk(&b).filter(|_| binary_uploads) {
+                            Some((id, seq, data)) => {
+                                let r = conn.transfers.chunk(&conn, id, seq, data, None).await;
+                                Some(crate::transfer::handler::result_reply(None, r))
+                            }
+                            None => Some(error_reply(None, &ProtocolError::BinaryFrame)),
+                        }
                     }
                     Some(Ok(Message::Close(_))) => break EndReason::ClientClosed,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
@@ -377,6 +462,7 @@ async fn run<S>(
     }
     let _ = tx.close().await;
     drop(rx);
+    conn.transfers.detach(&conn.id).await;
     open_gauge.decrement(1.0);
 
     // Cleaning is raised before the slot is given up, so a connection admitted

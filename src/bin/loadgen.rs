@@ -64,6 +64,18 @@ enum Mode {
     Http(HttpArgs),
     /// Open N WebSocket connections, wait for `ready` on each, then hold them idle.
     Idle(IdleArgs),
+    /// Read the JSON lines of a benchmark run and print the Markdown results (medians of repeats).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct ReportArgs {
+    /// The JSON lines written by `scripts/bench.sh` (this tool's output, plus `idle` RSS lines).
+    #[arg(long)]
+    raw: std::path::PathBuf,
+    /// A line added under the machine description (such as the load average before the run).
+    #[arg(long, default_value = "")]
+    note: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -86,9 +98,16 @@ struct RunArgs {
     /// Tokio worker threads of the generator itself.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Copied into the output line, to tell rows apart.
+    /// Also measure another process's CPU time over the measured window, as `NAME=PID`
+    /// (repeatable); reported per message and in cores next to the generator's own.
+    #[arg(long = "cpu-pid", value_name = "NAME=PID", value_parser = parse_cpu_pid)]
+    cpu_pids: Vec<(String, u32)>,
+    /// Row name, copied into the output line (`report` groups by it).
     #[arg(long, default_value = "")]
-    label: String,
+    row: String,
+    /// Repeat number, copied into the output line.
+    #[arg(long, default_value_t = 0)]
+    repeat: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -297,6 +316,15 @@ fn main() -> std::process::ExitCode {
         Mode::Ws(a) => a.threads,
         Mode::Http(a) => a.run.threads,
         Mode::Idle(a) => a.threads,
+        Mode::Report(a) => {
+            return match report::run(a.clone()) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("loadgen: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -317,6 +345,7 @@ fn main() -> std::process::ExitCode {
                 run(args.run, Transport::Http(kind)).await
             }
             Mode::Idle(args) => idle(args).await,
+            Mode::Report(_) => Ok(()),
         }
     });
     match result {
@@ -373,10 +402,14 @@ async fn run(args: RunArgs, transport: Transport) -> Result<()> {
         workers.spawn(worker(conn, args.mix, plan, i));
     }
 
+    // Sampled exactly at the edges of the measured window, so handshakes, warm-up and teardown
+    // are not charged to the measured messages.
+    let mut watched: Vec<(String, Option<u32>)> = vec![("loadgen".to_owned(), None)];
+    watched.extend(args.cpu_pids.iter().map(|(n, p)| (n.clone(), Some(*p))));
     tokio::time::sleep_until(plan.record_from.into()).await;
-    let cpu_from = own_cpu_seconds();
+    let cpu_from: Vec<Option<f64>> = watched.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     tokio::time::sleep_until(plan.end.into()).await;
-    let cpu_to = own_cpu_seconds();
+    let cpu_to: Vec<Option<f64>> = watched.iter().map(|(_, p)| cpu_seconds(*p)).collect();
 
     let mut total = WorkerResult::new()?;
     let mut failures = Vec::new();
@@ -395,18 +428,26 @@ async fn run(args: RunArgs, transport: Transport) -> Result<()> {
 
     let secs = args.duration.as_secs_f64();
     let us = |q: f64| total.hist.value_at_quantile(q) as f64 / 1000.0;
-    let cpu = match (cpu_from, cpu_to) {
-        (Some(a), Some(b)) if total.msgs > 0 => {
-            Value::from(round2((b - a) * 1e6 / total.msgs as f64))
-        }
-        _ => Value::Null,
-    };
+    let mut cpu_per_msg = serde_json::Map::new();
+    let mut cpu_cores = serde_json::Map::new();
+    for ((name, _), (from, to)) in watched.iter().zip(cpu_from.iter().zip(&cpu_to)) {
+        let (per_msg, cores) = match (from, to) {
+            (Some(a), Some(b)) if total.msgs > 0 => (
+                Value::from(round2((b - a) * 1e6 / total.msgs as f64)),
+                Value::from(round2((b - a) / secs)),
+            ),
+            _ => (Value::Null, Value::Null),
+        };
+        cpu_per_msg.insert(name.clone(), per_msg);
+        cpu_cores.insert(name.clone(), cores);
+    }
     let mode = match transport {
         Transport::Ws => "ws",
         Transport::Http(_) => "http",
     };
     let line = json!({
-        "label": args.label,
+        "row": args.row,
+        "repeat": args.repeat,
         "mode": mode,
         "mix": args.mix.name(),
         "conns": args.conns,
@@ -422,7 +463,8 @@ async fn run(args: RunArgs, transport: Transport) -> Result<()> {
         "p999_us": round2(us(0.999)),
         "max_us": round2(total.hist.max() as f64 / 1000.0),
         "mean_us": round2(total.hist.mean() / 1000.0),
-        "loadgen_cpu_us_per_msg": cpu,
+        "cpu_us_per_msg": cpu_per_msg,
+        "cpu_cores": cpu_cores,
     });
     print_line(&line.to_string());
     if let Some(e) = &total.first_error {
@@ -450,9 +492,24 @@ fn print_line(line: &str) {
     let _ = out.flush();
 }
 
-/// This process's user + system CPU time, in seconds.
-fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// `NAME=PID` for `--cpu-pid`.
+fn parse_cpu_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PID, got {s:?}"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("bad PID in {s:?}"))?;
+    Ok((name.to_owned(), pid))
+}
+
+/// User + system CPU time of a process (this one for `None`), in seconds, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name may contain spaces; the fields after it are space-separated.
     let rest = stat.rsplit_once(')')?.1;
     let mut fields = rest.split_whitespace();
@@ -713,7 +770,7 @@ async fn worker(conn: Conn, mix: Mix, plan: Plan, index: usize) -> Result<Worker
                     }
                 }
             }
-            let _ = ws.close(None).await;
+            let _ = ws.close().await;
         }
         Conn::Http(mut conn) => {
             while Instant::now() < plan.end {
@@ -741,4 +798,455 @@ async fn worker(conn: Conn, mix: Mix, plan: Plan, index: usize) -> Result<Worker
         }
     }
     Ok(result)
+}
+
+/// Opens `--conns` WebSockets (each waits for `ready`), prints one JSON line, then holds them.
+async fn idle(args: IdleArgs) -> Result<()> {
+    let target = Target::parse(&args.url)?;
+    let started = Instant::now();
+    let mut opened: Vec<Ws> = Vec::with_capacity(args.conns);
+    let mut failed = 0usize;
+    let mut first_error = None;
+    let mut connecting = futures_util::stream::iter(0..args.conns)
+        .map(|_| {
+            let target = target.clone();
+            async move { ws_connect(&target).await }
+        })
+        .buffer_unordered(args.concurrency.max(1));
+    while let Some(r) = connecting.next().await {
+        match r {
+            Ok(ws) => opened.push(ws),
+            Err(e) => {
+                failed += 1;
+                if first_error.is_none() {
+                    first_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    let line = json!({
+        "mode": "idle",
+        "conns": args.conns,
+        "connected": opened.len(),
+        "failed": failed,
+        "connect_s": round2(started.elapsed().as_secs_f64()),
+    });
+    print_line(&line.to_string());
+    if let Some(e) = first_error {
+        eprintln!("loadgen: {failed} connections failed; first: {e}");
+    }
+
+    // Each connection is read while held, so keepalive pings get their pongs and a
+    // connection the router closes is noticed (and reported) rather than silently lost.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut holders = JoinSet::new();
+    for mut ws in opened {
+        let mut stop = stop_rx.clone();
+        holders.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return true,
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => return false,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        });
+    }
+    match args.hold {
+        Some(d) => tokio::time::sleep(d).await,
+        None => {
+            // Held until whoever started us closes our stdin.
+            let mut sink = Vec::new();
+            let _ = tokio::io::stdin().read_to_end(&mut sink).await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let mut dropped = 0usize;
+    while let Some(held) = holders.join_next().await {
+        if !matches!(held, Ok(true)) {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        eprintln!("loadgen: {dropped} connections closed by the server while held");
+    }
+    if failed > 0 {
+        bail!("{failed} of {} connections failed", args.conns);
+    }
+    Ok(())
+}
+
+/// `loadgen report`: medians of the repeats, as the Markdown the README shows.
+mod report {
+    use std::fmt::Write as _;
+
+    use anyhow::{Context as _, Result};
+    use serde_json::Value;
+
+    use super::ReportArgs;
+
+    /// All the lines of one row and mode (`http` = direct, `ws` = router, `idle`).
+    struct Group<'a> {
+        lines: Vec<&'a Value>,
+    }
+
+    impl Group<'_> {
+        /// The median over the repeats of the number at `pointer`.
+        fn med(&self, pointer: &str) -> Option<f64> {
+            let mut v: Vec<f64> = self
+                .lines
+                .iter()
+                .filter_map(|l| l.pointer(pointer).and_then(Value::as_f64))
+                .collect();
+            if v.is_empty() {
+                return None;
+            }
+            v.sort_by(f64::total_cmp);
+            let mid = v.len() / 2;
+            if v.len() % 2 == 1 {
+                v.get(mid).copied()
+            } else {
+                Some((v.get(mid - 1)? + v.get(mid)?) / 2.0)
+            }
+        }
+
+        fn sum(&self, pointer: &str) -> u64 {
+            self.lines
+                .iter()
+                .filter_map(|l| l.pointer(pointer).and_then(Value::as_u64))
+                .sum()
+        }
+    }
+
+    /// One row of the table: a mix at a connection count, with its direct and router runs.
+    struct Row<'a> {
+        name: String,
+        mix: String,
+        conns: u64,
+        direct: Group<'a>,
+        router: Group<'a>,
+        idle: Group<'a>,
+    }
+
+    pub fn run(args: ReportArgs) -> Result<()> {
+        let text = std::fs::read_to_string(&args.raw)
+            .with_context(|| format!("cannot read {}", args.raw.display()))?;
+        let lines: Vec<Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .context("a line is not JSON")?;
+        let mut rows: Vec<Row<'_>> = Vec::new();
+        for line in &lines {
+            let name = line.get("row").and_then(Value::as_str).unwrap_or("");
+            let row = match rows.iter().position(|r| r.name == name) {
+                Some(i) => rows.get_mut(i),
+                None => {
+                    rows.push(Row {
+                        name: name.to_owned(),
+                        mix: line
+                            .get("mix")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
+                        conns: line.get("conns").and_then(Value::as_u64).unwrap_or(0),
+                        direct: Group { lines: Vec::new() },
+                        router: Group { lines: Vec::new() },
+                        idle: Group { lines: Vec::new() },
+                    });
+                    rows.last_mut()
+                }
+            };
+            let Some(row) = row else { continue };
+            match line.get("mode").and_then(Value::as_str) {
+                Some("http") => row.direct.lines.push(line),
+                Some("ws") => row.router.lines.push(line),
+                Some("idle") => row.idle.lines.push(line),
+                _ => {}
+            }
+        }
+        print!("{}", render(&rows, &args.note));
+        Ok(())
+    }
+
+    fn describe(mix: &str) -> &'static str {
+        match mix {
+            "ping" => "`ping` (direct: `GET /health`)",
+            "ping_noschema" => "`ping_noschema` (ping without schema)",
+            "api" => "`api` GET `/api/v1/pipeline/status`",
+            "mix" => "mix: api GET+POST, get_ice_servers, icecandidate",
+            _ => "?",
+        }
+    }
+
+    fn num(v: Option<f64>) -> String {
+        match v {
+            None => "—".to_owned(),
+            Some(x) if x >= 1000.0 => format!("{x:.0}"),
+            Some(x) if x >= 100.0 => format!("{x:.0}"),
+            Some(x) => format!("{x:.1}"),
+        }
+    }
+
+    fn percentiles(g: &Group<'_>) -> String {
+        if g.lines.is_empty() {
+            return "—".to_owned();
+        }
+        ["/p50_us", "/p90_us", "/p99_us", "/p999_us"]
+            .iter()
+            .map(|p| num(g.med(p)))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
+
+    fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+        match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        }
+    }
+
+    fn machine() -> String {
+        let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown CPU", |(_, m)| m.trim())
+            .to_owned();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        format!("{cores} cores (nproc), {model}, Linux {}", kernel.trim())
+    }
+
+    fn render(rows: &[Row<'_>], note: &str) -> String {
+        let mut o = String::new();
+        let repeats = rows
+            .iter()
+            .map(|r| r.router.lines.len().max(r.direct.lines.len()))
+            .max()
+            .unwrap_or(0);
+        let sample = rows
+            .iter()
+            .find_map(|r| r.router.lines.first())
+            .copied()
+            .unwrap_or(&Value::Null);
+        let _ = writeln!(o, "### scope-router benchmark\n");
+        let _ = writeln!(o, "- Machine: {}", machine());
+        let _ = writeln!(
+            o,
+            "- Date: {}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        );
+        if !note.is_empty() {
+            let _ = writeln!(o, "- {note}");
+        }
+        let _ = writeln!(
+            o,
+            "- Medians of {repeats} repeats; each measurement {} s after a warm-up; closed loop, one request in flight per connection; latencies in µs.",
+            sample
+                .get("duration_s")
+                .and_then(Value::as_f64)
+                .map_or_else(|| "?".to_owned(), |d| format!("{d}"))
+        );
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "| workload | conns | direct msg/s | router msg/s | router/direct | direct p50 / p90 / p99 / p99.9 | router p50 / p90 / p99 / p99.9 | router CPU µs/msg |"
+        );
+        let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        for r in rows.iter().filter(|r| r.idle.lines.is_empty()) {
+            let d = r.direct.med("/throughput");
+            let w = r.router.med("/throughput");
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                describe(&r.mix),
+                r.conns,
+                num(d),
+                num(w),
+                ratio(w, d).map_or_else(|| "—".to_owned(), |x| format!("{x:.2}")),
+                percentiles(&r.direct),
+                percentiles(&r.router),
+                num(r.router.med("/cpu_us_per_msg/router")),
+            );
+        }
+
+        let _ = writeln!(o, "\nCPU per message (µs) and cores used, by process:\n");
+        let _ = writeln!(
+            o,
+            "| workload | conns | direct: loadgen / backend | router run: loadgen / router / backend | router cores | errors (direct / router) |"
+        );
+        let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|");
+        for r in rows.iter().filter(|r| r.idle.lines.is_empty()) {
+            let direct = if r.direct.lines.is_empty() {
+                "—".to_owned()
+            } else {
+                format!(
+                    "{} / {}",
+                    num(r.direct.med("/cpu_us_per_msg/loadgen")),
+                    num(r.direct.med("/cpu_us_per_msg/backend"))
+                )
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} / {} / {} | {} | {} / {} |",
+                describe(&r.mix),
+                r.conns,
+                direct,
+                num(r.router.med("/cpu_us_per_msg/loadgen")),
+                num(r.router.med("/cpu_us_per_msg/router")),
+                num(r.router.med("/cpu_us_per_msg/backend")),
+                num(r.router.med("/cpu_cores/router")),
+                r.direct.sum("/errors") + r.direct.sum("/worker_failures"),
+                r.router.sum("/errors") + r.router.sum("/worker_failures"),
+            );
+        }
+
+        let idle = rows.iter().find(|r| !r.idle.lines.is_empty());
+        if let Some(r) = idle {
+            let n = r.conns as f64;
+            let rss = r.idle.med("/rss_kib");
+            let base = r.idle.med("/rss_base_kib");
+            let _ = writeln!(o, "\nIdle connections (router RSS):\n");
+            let _ = writeln!(
+                o,
+                "| idle conns | connected (min) | RSS before | RSS with them | RSS / conn | added RSS / conn |"
+            );
+            let _ = writeln!(o, "|--:|--:|--:|--:|--:|--:|");
+            let connected = r
+                .idle
+                .lines
+                .iter()
+                .filter_map(|l| l.get("connected").and_then(Value::as_u64))
+                .min()
+                .unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} MiB | {} MiB | {} KiB | {} KiB |",
+                r.conns,
+                connected,
+                num(base.map(|b| b / 1024.0)),
+                num(rss.map(|b| b / 1024.0)),
+                num(rss.map(|x| x / n)),
+                num(rss.zip(base).map(|(x, b)| (x - b) / n)),
+            );
+        }
+
+        let find = |mix: &str, conns: u64| rows.iter().find(|r| r.mix == mix && r.conns == conns);
+        let mut validation = Vec::new();
+        for with in rows.iter().filter(|r| r.mix == "ping") {
+            if let Some(without) = find("ping_noschema", with.conns) {
+                validation.push((with, without));
+            }
+        }
+        if !validation.is_empty() {
+            let _ = writeln!(o, "\nValidation cost (`ping` with `schema: ping.json` vs `ping_noschema`):\n");
+            let _ = writeln!(
+                o,
+                "| conns | msg/s schema / none | p50 schema / none | router CPU µs/msg schema / none | CPU cost of the schema |"
+            );
+            let _ = writeln!(o, "|--:|--:|--:|--:|--:|");
+            for (with, without) in &validation {
+                let (cw, cn) = (
+                    with.router.med("/cpu_us_per_msg/router"),
+                    without.router.med("/cpu_us_per_msg/router"),
+                );
+                let _ = writeln!(
+                    o,
+                    "| {} | {} / {} | {} / {} | {} / {} | {} |",
+                    with.conns,
+                    num(with.router.med("/throughput")),
+                    num(without.router.med("/throughput")),
+                    num(with.router.med("/p50_us")),
+                    num(without.router.med("/p50_us")),
+                    num(cw),
+                    num(cn),
+                    ratio(cw, cn).map_or_else(|| "—".to_owned(), |x| format!("{:+.1}%", (x - 1.0) * 100.0)),
+                );
+            }
+        }
+
+        let _ = writeln!(o, "\nGoals:\n");
+        let mut goal = |ok: Option<bool>, text: String| {
+            let mark = match ok {
+                Some(true) => "met",
+                Some(false) => "**not met**",
+                None => "not measured",
+            };
+            let _ = writeln!(o, "- {mark}: {text}");
+        };
+        if let Some(r) = find("api", 50) {
+            let ratio_v = ratio(r.router.med("/throughput"), r.direct.med("/throughput"));
+            let cpu = r.router.med("/cpu_us_per_msg/router");
+            goal(
+                ratio_v.map(|x| x >= 0.6),
+                format!(
+                    "api GET at 50 conns ≥ 0.6× direct throughput: {}×",
+                    ratio_v.map_or_else(|| "—".to_owned(), |x| format!("{x:.2}"))
+                ),
+            );
+            goal(
+                cpu.map(|x| x <= 10.0),
+                format!("router CPU ≤ 10 µs per message (api GET, 50 conns): {} µs", num(cpu)),
+            );
+        }
+        if let Some(r) = find("api", 1) {
+            let added = r
+                .router
+                .med("/p50_us")
+                .zip(r.direct.med("/p50_us"))
+                .map(|(a, b)| a - b);
+            goal(
+                added.map(|x| x <= 40.0),
+                format!("added p50 latency at 1 conn (api GET) ≤ 40 µs: {} µs", num(added)),
+            );
+        }
+        if let Some(r) = find("ping", 1) {
+            let rel = ratio(r.router.med("/p50_us"), r.direct.med("/p50_us"));
+            goal(
+                rel.map(|x| x <= 1.10),
+                format!(
+                    "ping at 1 conn p50 within 10% of a direct GET /health: {} vs {} µs ({})",
+                    num(r.router.med("/p50_us")),
+                    num(r.direct.med("/p50_us")),
+                    rel.map_or_else(|| "—".to_owned(), |x| format!("{:+.0}%", (x - 1.0) * 100.0))
+                ),
+            );
+            let p99 = r.router.med("/p99_us");
+            goal(
+                p99.map(|x| x <= 100.0),
+                format!("ping at 1 conn p99 ≤ 100 µs: {} µs", num(p99)),
+            );
+        }
+        if let Some(r) = idle {
+            let per = r.idle.med("/rss_kib").map(|x| x / r.conns as f64);
+            goal(
+                per.map(|x| x <= 30.0),
+                format!(
+                    "{} idle connections ≤ 30 KiB RSS each: {} KiB (total RSS / connections)",
+                    r.conns,
+                    num(per)
+                ),
+            );
+        }
+        if let Some((with, without)) = validation.last() {
+            let rel = ratio(
+                with.router.med("/cpu_us_per_msg/router"),
+                without.router.med("/cpu_us_per_msg/router"),
+            );
+            goal(
+                rel.map(|x| x <= 1.10),
+                format!(
+                    "schema validation costs ≤ 10% more than none (router CPU per ping, {} conns): {}",
+                    with.conns,
+                    rel.map_or_else(|| "—".to_owned(), |x| format!("{:+.1}%", (x - 1.0) * 100.0))
+                ),
+            );
+        }
+        o
+    }
 }

@@ -55,6 +55,10 @@ impl Reloader {
                     self.state
                         .backend
                         .set_base(&backend_cfg.url, &backend_cfg.pool);
+                    self.state
+                        .transfers
+                        .cfg
+                        .store(Arc::new(table.source.file.transfers.clone()));
                     let version = table.version.clone();
                     tracing::info!(%version, previous = %current.version, %why, "routes reloaded");
                     self.state.table.store(Arc::new(table));

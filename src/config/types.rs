@@ -31,12 +31,56 @@ pub struct RoutesFile {
     /// (`warn`), or not (`off`, the default: it costs a parse per reply).
     #[serde(default)]
     pub validate_replies: ReplyValidation,
+    /// Large files in acknowledged, resumable chunks over the socket (the `transfer` routes).
+    #[serde(default)]
+    pub transfers: TransferConfig,
     /// Serve a directory of static files (for example the browser example) at `/`.
     #[serde(default)]
     pub static_files: Option<PathBuf>,
     /// Message routes, keyed by the value of the routing field. `$default` catches the rest.
     #[schemars(with = "BTreeMap<String, RouteConfig>")]
     pub routes: BTreeMap<String, Spanned<RouteConfig>>,
+}
+
+/// Chunked, resumable uploads and downloads.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Size of every chunk but the last.
+    pub chunk_size: usize,
+    /// Most chunks a sender may have unacknowledged.
+    pub window: u32,
+    /// Largest single upload.
+    pub max_upload_bytes: u64,
+    /// Largest total of all uploads being assembled at once.
+    pub max_total_bytes: u64,
+    /// Where uploads are assembled (default: a `scope-router-uploads` folder in the system temp dir).
+    pub dir: Option<PathBuf>,
+    /// How long an upload of a lost connection can be resumed by a new one.
+    pub resume_timeout: Dur,
+    /// An upload with no chunk for this long is abandoned and removed.
+    pub idle_timeout: Dur,
+    /// Binary backend responses over this size go out as a chunked download when the
+    /// `api` message asks for it with `"_chunked": true`.
+    pub download_chunk_over: usize,
+    /// Time a receiver may take to acknowledge download chunks before the download is dropped.
+    pub ack_timeout: Dur,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: 256 * 1024,
+            window: 8,
+            max_upload_bytes: 1024 * 1024 * 1024,
+            max_total_bytes: 4 * 1024 * 1024 * 1024,
+            dir: None,
+            resume_timeout: Dur::secs(600),
+            idle_timeout: Dur::secs(600),
+            download_chunk_over: 1024 * 1024,
+            ack_timeout: Dur::secs(60),
+        }
+    }
 }
 
 /// Run-time reply validation.
@@ -392,6 +436,37 @@ pub struct RouteConfig {
     /// The WebRTC signaling relay.
     #[serde(default)]
     pub signaling: Option<SignalingConfig>,
+    /// A step of a chunked transfer.
+    #[serde(default)]
+    pub transfer: Option<TransferRoute>,
+}
+
+/// A transfer route.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRoute {
+    /// Which step this route performs.
+    pub action: TransferAction,
+    /// For `upload_start`/`upload_finish`: the forward route whose rules (methods, allow/deny,
+    /// timeouts, reply templates) the assembled upload goes through.
+    #[serde(default)]
+    pub via: Option<String>,
+}
+
+/// Steps of a chunked transfer.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferAction {
+    /// Announce an upload: target, size, sha256.
+    UploadStart,
+    /// One numbered chunk.
+    UploadChunk,
+    /// How far an upload got (to resume).
+    UploadStatus,
+    /// All chunks sent: verify and forward.
+    UploadFinish,
+    /// Acknowledge download chunks.
+    DownloadAck,
 }
 
 /// An HTTP forward to the backend.

@@ -64,11 +64,8 @@ pub struct ForwardHandler {
 }
 
 impl ForwardHandler {
-    pub fn new(backend: Arc<Backend>, spec: ForwardSpec) -> Self {
-        Self {
-            backend,
-            spec: Arc::new(spec),
-        }
+    pub fn new(backend: Arc<Backend>, spec: Arc<ForwardSpec>) -> Self {
+        Self { backend, spec }
     }
 }
 
@@ -137,27 +134,84 @@ pub fn is_binary(content_type: &str) -> bool {
 
 impl ForwardSpec {
     async fn run(&self, backend: &Backend, req: Request) -> Reply {
-        let rid = req.request_id.as_ref();
         match self.call(backend, &req).await {
             Ok(reply) => reply,
-            Err(f) => {
-                let ev = ErrorVars {
-                    status: f.status,
-                    message: &f.message,
-                    code: f.code,
-                    detail: None,
-                };
-                let ctx = Ctx {
-                    message: Some(&req.msg),
-                    connection_id: Some(&req.conn.id),
-                    response: None,
-                    error: Some(&ev),
-                };
-                let mut out = Vec::with_capacity(128);
-                self.on_error.render_reply(&ctx, rid, &mut out);
-                Reply::from_json(out, f.outcome)
-            }
+            Err(f) => self.render_failure(&req, &f),
         }
+    }
+
+    /// A failure rendered through `on_error`.
+    fn render_failure(&self, req: &Request, f: &Failure) -> Reply {
+        let ev = ErrorVars {
+            status: f.status,
+            message: &f.message,
+            code: f.code,
+            detail: None,
+        };
+        let ctx = Ctx {
+            message: Some(&req.msg),
+            connection_id: Some(&req.conn.id),
+            response: None,
+            error: Some(&ev),
+        };
+        let mut out = Vec::with_capacity(128);
+        self.on_error.render_reply(&ctx, req.request_id.as_ref(), &mut out);
+        Reply::from_json(out, f.outcome)
+    }
+
+    /// The allowed method named by `m` (any case).
+    fn method(&self, m: &str) -> Result<Method, Failure> {
+        let upper = m.to_ascii_uppercase();
+        self.methods
+            .iter()
+            .find(|allowed| allowed.as_str() == upper)
+            .cloned()
+            .ok_or_else(|| Failure::bad(400, format!("Unsupported method: {upper}")))
+    }
+
+    /// The normalized path, if the allow and deny rules let it through.
+    fn path(&self, raw_path: &str) -> Result<pathsafe::SafePath, Failure> {
+        let safe = pathsafe::normalize(raw_path)
+            .map_err(|e| Failure::bad(400, format!("Invalid path {raw_path:?}: {e}")))?;
+        if !self.allow.is_match(&safe.decoded) || self.deny.is_match(&safe.decoded) {
+            return Err(Failure::bad(403, format!("Path not allowed: {}", safe.decoded)));
+        }
+        Ok(safe)
+    }
+
+    fn timeout_for(&self, method: &Method, decoded_path: &str, upload: bool) -> std::time::Duration {
+        self.timeouts
+            .iter()
+            .find(|r| {
+                (!r.upload || upload) && r.method.as_ref().is_none_or(|m| m == method) && r.path.is_match(decoded_path)
+            })
+            .map_or(self.timeout, |r| r.timeout)
+    }
+
+    /// Checks an upload's target before any of its bytes arrive.
+    pub fn check_upload_target(&self, method: &str, raw_path: &str) -> Result<(), String> {
+        self.method(method).map_err(|f| f.message)?;
+        self.path(raw_path).map_err(|f| f.message)?;
+        Ok(())
+    }
+
+    /// Sends an assembled upload, streamed from disk, and renders the reply as for any call.
+    pub async fn forward_upload(&self, backend: &Backend, req: &Request, upload: crate::transfer::Assembled) -> Reply {
+        let result = async {
+            let method = self.method(&upload.target.method)?;
+            let safe = self.path(&upload.target.path)?;
+            let timeout = self.timeout_for(&method, &safe.decoded, true);
+            let body = crate::transfer::body_stream(&upload.disk)
+                .await
+                .map_err(|e| Failure::bad(500, format!("cannot read the assembled upload: {e}")))?;
+            let resp = backend
+                .call_stream(method, &safe.wire, body, &upload.target.content_type, upload.target.size, timeout)
+                .await?;
+            Ok(self.render_response(req, &resp))
+        }
+        .await;
+        drop(upload);
+        result.unwrap_or_else(|f| self.render_failure(req, &f))
     }
 
     async fn call(&self, backend: &Backend, req: &Request) -> Result<Reply, Failure> {
@@ -169,19 +223,13 @@ impl ForwardSpec {
         };
         let (method, raw_path, body): (Method, String, Option<Value>) = match &self.target {
             Target::FromMessage => {
-                let m = match msg.get("method") {
-                    None | Some(Value::Null) => "GET".to_owned(),
-                    Some(Value::String(s)) => s.to_ascii_uppercase(),
+                let method = match msg.get("method") {
+                    None | Some(Value::Null) => self.method("GET")?,
+                    Some(Value::String(s)) => self.method(s)?,
                     Some(other) => {
                         return Err(Failure::bad(400, format!("Unsupported method: {other}")));
                     }
                 };
-                let method = self
-                    .methods
-                    .iter()
-                    .find(|allowed| allowed.as_str() == m)
-                    .cloned()
-                    .ok_or_else(|| Failure::bad(400, format!("Unsupported method: {m}")))?;
                 let path = msg
                     .get("path")
                     .and_then(Value::as_str)
@@ -198,14 +246,7 @@ impl ForwardSpec {
             ),
         };
 
-        let safe = pathsafe::normalize(&raw_path)
-            .map_err(|e| Failure::bad(400, format!("Invalid path {raw_path:?}: {e}")))?;
-        if !self.allow.is_match(&safe.decoded) || self.deny.is_match(&safe.decoded) {
-            return Err(Failure::bad(
-                403,
-                format!("Path not allowed: {}", safe.decoded),
-            ));
-        }
+        let safe = self.path(&raw_path)?;
 
         let mut upload = false;
         let payload: Option<(Bytes, String)> = match body {
@@ -255,15 +296,7 @@ impl ForwardSpec {
             Some(other) => Some((json_bytes(&other), "application/json".to_owned())),
         };
 
-        let timeout = self
-            .timeouts
-            .iter()
-            .find(|r| {
-                (!r.upload || upload)
-                    && r.method.as_ref().is_none_or(|m| *m == method)
-                    && r.path.is_match(&safe.decoded)
-            })
-            .map_or(self.timeout, |r| r.timeout);
+        let timeout = self.timeout_for(&method, &safe.decoded, upload);
 
         let resp = backend
             .call(
@@ -275,7 +308,35 @@ impl ForwardSpec {
             .await?;
         drop(payload);
 
-        let status = resp.status.as_u16();
+        // A large binary body goes out in acknowledged chunks when the client asked for that.
+        let wants_chunks = msg.get("_chunked").and_then(Value::as_bool) == Some(true);
+        if wants_chunks
+            && resp.status == hyper::StatusCode::OK
+            && is_binary(&resp.content_type)
+            && resp.body.len() > req.conn.transfers.cfg.load().download_chunk_over
+        {
+            let binary = msg.get("_binary").and_then(Value::as_bool) == Some(true);
+            let started = crate::transfer::start_download(
+                req.conn.clone(),
+                req.request_id.clone(),
+                resp.status.as_u16(),
+                resp.content_type.clone(),
+                resp.body.clone(),
+                binary,
+            );
+            if started {
+                // The header went out with the chunks, in order; nothing more to send here.
+                return Ok(Reply {
+                    text: String::new(),
+                    outcome: Outcome::Ok,
+                });
+            }
+        }
+        Ok(self.render_response(req, &resp))
+    }
+
+    /// A backend response rendered through `reply` (or `reply_binary` for a 200 with a binary type).
+    fn render_response(&self, req: &Request, resp: &crate::backend::BackendResponse) -> Reply {
         let template = match &self.reply_binary {
             // As the original: only a 200 with a binary type is sent back as base64.
             Some(t) if resp.status == hyper::StatusCode::OK && is_binary(&resp.content_type) => t,
@@ -287,14 +348,16 @@ impl ForwardSpec {
             None
         };
         let rv = ResponseVars {
-            status,
+            status: resp.status.as_u16(),
             body: &resp.body,
             content_type: &resp.content_type,
             parsed,
         };
         let ctx = Ctx {
+            message: Some(&req.msg),
+            connection_id: Some(&req.conn.id),
             response: Some(&rv),
-            ..base_ctx
+            error: None,
         };
         let mut out = Vec::with_capacity(resp.body.len() + 96);
         template.render_reply(&ctx, req.request_id.as_ref(), &mut out);
@@ -303,7 +366,7 @@ impl ForwardSpec {
         } else {
             Outcome::Ok
         };
-        Ok(Reply::from_json(out, outcome))
+        Reply::from_json(out, outcome)
     }
 }
 

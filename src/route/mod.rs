@@ -88,6 +88,8 @@ pub struct RouteTable {
     pub connection: ConnectionConfig,
     pub on_connect: Template,
     pub close_sessions_path: Option<String>,
+    /// Upload chunks may arrive as binary frames (an `upload_chunk` transfer route exists).
+    pub binary_uploads: bool,
     pub schemas: SchemaSet,
     pub version: String,
     pub loaded_at: SystemTime,
@@ -185,10 +187,25 @@ impl RouteTable {
             schema_texts.iter().map(|(_, t)| t.as_slice()),
         );
 
+        // Forward specs first: transfer routes send assembled uploads through one of them.
+        let mut forwards: HashMap<String, Arc<ForwardSpec>> = HashMap::new();
+        for (name, r) in &file.routes {
+            if let Some(fwd) = &r.value.forward {
+                let spec = forward_spec(&Arc::from(name.as_str()), fwd).map_err(|e| at(r, name, e))?;
+                forwards.insert(name.clone(), Arc::new(spec));
+            }
+        }
+        let binary_uploads = file.routes.values().any(|r| {
+            r.value
+                .transfer
+                .as_ref()
+                .is_some_and(|t| t.action == crate::config::TransferAction::UploadChunk)
+        });
+
         let mut routes = HashMap::new();
         let mut default = None;
         for (name, r) in &file.routes {
-            let route = build_route(name, &r.value, &schemas, &backend, file.validate_replies)
+            let route = build_route(name, &r.value, &schemas, &backend, file.validate_replies, &forwards)
                 .map_err(|e| at(r, name, e))?;
             if name == DEFAULT_ROUTE {
                 default = Some(route);
@@ -253,6 +270,7 @@ impl RouteTable {
             connection: conn.clone(),
             on_connect,
             close_sessions_path,
+            binary_uploads,
             schemas,
             version,
             loaded_at: SystemTime::now(),
@@ -278,18 +296,20 @@ fn build_route(
     schemas: &SchemaSet,
     backend: &Arc<Backend>,
     reply_validation: ReplyValidation,
+    forwards: &HashMap<String, Arc<ForwardSpec>>,
 ) -> Result<Route, String> {
     let name: Arc<str> = Arc::from(name);
     let handlers = [
         cfg.reply.is_some(),
         cfg.forward.is_some(),
         cfg.signaling.is_some(),
+        cfg.transfer.is_some(),
     ]
     .iter()
     .filter(|b| **b)
     .count();
     if handlers != 1 {
-        return Err("needs exactly one of `reply`, `forward` or `signaling`".to_owned());
+        return Err("needs exactly one of `reply`, `forward`, `signaling` or `transfer`".to_owned());
     }
     let msg_scope = Scope::MESSAGE.with(Scope::CONNECTION);
 
@@ -303,8 +323,11 @@ fn build_route(
             "reply",
             None,
         )
-    } else if let Some(fwd) = &cfg.forward {
-        let spec = forward_spec(&name, fwd)?;
+    } else if cfg.forward.is_some() {
+        let spec = forwards
+            .get(&*name)
+            .cloned()
+            .ok_or("forward spec was not compiled")?;
         let refusal = forward_refusal(&spec);
         (
             BoxCloneSyncService::new(ForwardHandler::new(backend.clone(), spec)),
@@ -316,6 +339,26 @@ fn build_route(
             BoxCloneSyncService::new(SignalingHandler::new(backend.clone(), signaling_spec(sig))),
             "signaling",
             Some(plain_refusal()),
+        )
+    } else if let Some(t) = &cfg.transfer {
+        use crate::config::TransferAction as A;
+        let needs_via = matches!(t.action, A::UploadStart | A::UploadFinish);
+        let via = match &t.via {
+            Some(v) => Some(
+                forwards
+                    .get(v)
+                    .cloned()
+                    .ok_or_else(|| format!("transfer.via: no forward route named `{v}`"))?,
+            ),
+            None if needs_via => return Err("transfer: upload_start and upload_finish need `via: <forward route>`".to_owned()),
+            None => None,
+        };
+        // Only the finish step calls the backend; the others are local bookkeeping.
+        let refusal = (t.action == A::UploadFinish).then(plain_refusal);
+        (
+            BoxCloneSyncService::new(crate::transfer::handler::TransferHandler::new(t.action, backend.clone(), via)),
+            "transfer",
+            refusal,
         )
     } else {
         return Err("needs a handler".to_owned());

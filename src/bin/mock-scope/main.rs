@@ -1,4 +1,4 @@
-//! `mock-scope`: a fake Scope backend (Scope's HTTP API plus test knobs and a `/_mock/` control plane).
+//! `mock-scope`: a fake Scope backend (Scope's HTTP API, a real WebRTC peer that loops video back, test knobs and a `/_mock/` control plane).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;

@@ -18,6 +18,8 @@ use tokio::task::JoinSet;
 /// A session that never gets its ICE connected is given up on after this long (the browser left
 /// without a DELETE, or could not reach us).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a deleted session may take to send its goodbyes.
+const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 /// Loss on the incoming stream asks for a keyframe at most this often.
 const KEYFRAME_THROTTLE: Duration = Duration::from_secs(1);
 /// Larger than any datagram a WebRTC peer sends (str0m's MTU is ~1150).
@@ -117,12 +119,12 @@ pub async fn start(
 ) -> Result<(String, PeerHandle), PeerError> {
     // Cheap refusals first: the router's tests send SDP fragments with no ICE credentials, and
     // those must not cost a socket.
-    let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
     if !offer_sdp.contains("a=ice-ufrag:") || !offer_sdp.contains("a=fingerprint:") {
         return Err(PeerError::Rejected(
             "no ICE credentials or DTLS fingerprint".to_owned(),
         ));
     }
+    let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
 
     let mut sockets = Vec::with_capacity(cfg.ips.len());
     for ip in &cfg.ips {
@@ -211,7 +213,8 @@ impl Peer {
                     }
                     // The handle was dropped: DELETE, a reset, or the process is stopping.
                     None => {
-                        self.log("closed: session deleted");
+                        self.log(&format!("closed: session deleted ({})", self.summary()));
+                        self.close_gracefully().await;
                         break;
                     }
                 },
@@ -231,6 +234,23 @@ impl Peer {
         self.rtc.disconnect();
         self.status.closed.store(true, Ordering::Relaxed);
         readers.abort_all();
+    }
+
+    /// Sends RTCP BYE and DTLS close_notify, so the browser sees the stream end at once instead
+    /// of after its ICE timeout. Bounded: str0m does not wait for replies, and neither do we.
+    async fn close_gracefully(&mut self) {
+        if self.rtc.close().is_err() {
+            return;
+        }
+        let until = Instant::now() + CLOSE_DRAIN;
+        while let Some(deadline) = self.drive().await {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline.min(until))).await;
+            self.input(Input::Timeout(Instant::now()));
+        }
     }
 
     /// Polls str0m until it only waits for time or input; `None` once the peer is gone.
@@ -361,8 +381,20 @@ impl Peer {
         // Fails until the first packet has told str0m the incoming stream's SSRC.
         if writer.request_keyframe(None, kind).is_ok() {
             track.last_keyframe_request = Some(now);
-            self.status.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+            self.status
+                .keyframe_requests
+                .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn summary(&self) -> String {
+        let s = &self.status;
+        format!(
+            "frames_in={} frames_out={} keyframe_requests={}",
+            s.frames_in.load(Ordering::Relaxed),
+            s.frames_out.load(Ordering::Relaxed),
+            s.keyframe_requests.load(Ordering::Relaxed),
+        )
     }
 
     fn log(&self, what: &str) {

@@ -1,0 +1,565 @@
+//! Large files over the one socket: chunked, acknowledged, resumable uploads, and windowed downloads.
+
+pub mod handler;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::config::TransferConfig;
+use crate::session::{ConnCtx, Outbound};
+
+/// Why a transfer step is refused; each becomes an `error` reply with its code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("Unknown upload id")]
+    Unknown,
+    #[error("Upload belongs to another client")]
+    NotOwned,
+    #[error("Upload of {0} bytes is over the limit of {1} bytes")]
+    TooLarge(u64, u64),
+    #[error("Uploads in progress would exceed {0} bytes; try again later")]
+    Busy(u64),
+    #[error("Chunk {seq} is outside the window (expected {from}..{to})")]
+    OutOfWindow { seq: u64, from: u64, to: u64 },
+    #[error("Chunk {0} has the wrong size: {1} bytes, expected {2}")]
+    BadChunkSize(u64, usize, usize),
+    #[error("Chunk {0} is corrupt: its sha256 does not match")]
+    CorruptChunk(u64),
+    #[error("Upload incomplete: missing chunks {0:?}")]
+    Incomplete(Vec<u64>),
+    #[error("Upload checksum mismatch: expected sha256 {expected}, got {actual}")]
+    ChecksumMismatch { expected: String, actual: String },
+    #[error("Upload is already being finished")]
+    Finishing,
+    #[error("Invalid transfer message: {0}")]
+    Invalid(String),
+    #[error("Upload storage failed: {0}")]
+    Io(String),
+}
+
+impl TransferError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransferError::Unknown => "UPLOAD_UNKNOWN",
+            TransferError::NotOwned => "UPLOAD_NOT_OWNED",
+            TransferError::TooLarge(..) => "UPLOAD_TOO_LARGE",
+            TransferError::Busy(_) => "UPLOAD_BUSY",
+            TransferError::OutOfWindow { .. } => "UPLOAD_OUT_OF_WINDOW",
+            TransferError::BadChunkSize(..) => "UPLOAD_BAD_CHUNK",
+            TransferError::CorruptChunk(_) => "UPLOAD_CHUNK_CORRUPT",
+            TransferError::Incomplete(_) => "UPLOAD_INCOMPLETE",
+            TransferError::ChecksumMismatch { .. } => "UPLOAD_CHECKSUM_MISMATCH",
+            TransferError::Finishing => "UPLOAD_FINISHING",
+            TransferError::Invalid(_) => "TRANSFER_INVALID",
+            TransferError::Io(_) => "UPLOAD_STORAGE",
+        }
+    }
+}
+
+impl From<std::io::Error> for TransferError {
+    fn from(e: std::io::Error) -> Self {
+        TransferError::Io(e.to_string())
+    }
+}
+
+/// What an upload will become once assembled.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub method: String,
+    pub path: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// An upload being assembled on disk.
+struct Upload {
+    target: Target,
+    /// Digest of the token of the connection that started it (resume needs the same token).
+    owner: Option<[u8; 32]>,
+    /// The connection it is attached to, or none after that connection ended.
+    conn: Option<Box<str>>,
+    chunk_size: usize,
+    received: Vec<bool>,
+    received_count: u64,
+    file: tokio::fs::File,
+    disk: PathBuf,
+    last_activity: Instant,
+    detached_at: Option<Instant>,
+    finishing: bool,
+}
+
+impl Upload {
+    fn chunks(&self) -> u64 {
+        self.received.len() as u64
+    }
+
+    /// The first chunk not yet received.
+    fn next_missing(&self) -> u64 {
+        self.received.iter().position(|r| !r).map_or(self.chunks(), |p| p as u64)
+    }
+
+    fn status(&self, id: &str) -> Value {
+        json!({
+            "type": "upload_progress",
+            "upload_id": id,
+            "size": self.target.size,
+            "chunk_size": self.chunk_size,
+            "chunks": self.chunks(),
+            "received_chunks": self.received_count,
+            "next_seq": self.next_missing(),
+            "complete": self.received_count == self.chunks(),
+        })
+    }
+}
+
+/// A finished upload, ready to be sent to the backend.
+pub struct Assembled {
+    pub target: Target,
+    pub disk: PathBuf,
+}
+
+impl Drop for Assembled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.disk);
+    }
+}
+
+/// A download being sent, paced by the receiver's acknowledgements.
+#[derive(Debug, Default)]
+pub struct Download {
+    /// Chunks acknowledged so far (the next expected ack is this number).
+    acked: AtomicU64,
+    notify: Notify,
+}
+
+impl Download {
+    pub fn ack(&self, seq: u64) {
+        self.acked.fetch_max(seq.saturating_add(1), Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+}
+
+/// All uploads of the process (they outlive connections, for resume).
+pub struct Transfers {
+    pub cfg: ArcSwap<TransferConfig>,
+    uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Upload>>>>,
+    /// Bytes promised to uploads in progress.
+    reserved: AtomicU64,
+}
+
+impl Transfers {
+    pub fn new(cfg: TransferConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg: ArcSwap::from_pointee(cfg),
+            uploads: Mutex::new(HashMap::new()),
+            reserved: AtomicU64::new(0),
+        })
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Upload>>>> {
+        self.uploads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.cfg
+            .load()
+            .dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("scope-router-uploads"))
+    }
+
+    /// Uploads being assembled right now.
+    pub fn uploads_in_progress(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Starts an upload; the reply tells the client the chunk size and window.
+    pub async fn start(&self, conn: &ConnCtx, target: Target) -> Result<Value, TransferError> {
+        let cfg = self.cfg.load_full();
+        if target.size > cfg.max_upload_bytes {
+            return Err(TransferError::TooLarge(target.size, cfg.max_upload_bytes));
+        }
+        if target.sha256.len() != 64 || !target.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TransferError::Invalid("sha256 must be 64 hex characters".to_owned()));
+        }
+        let reserved = self.reserved.fetch_add(target.size, Ordering::AcqRel) + target.size;
+        if reserved > cfg.max_total_bytes {
+            self.reserved.fetch_sub(target.size, Ordering::AcqRel);
+            return Err(TransferError::Busy(cfg.max_total_bytes));
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        let dir = self.dir();
+        let disk = dir.join(format!("{id}.part"));
+        let file = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            let f = tokio::fs::File::create(&disk).await?;
+            f.set_len(target.size).await?;
+            Ok::<_, std::io::Error>(f)
+        }
+        .await
+        .inspect_err(|_| {
+            self.reserved.fetch_sub(target.size, Ordering::AcqRel);
+        })?;
+        let chunk_size = cfg.chunk_size.max(1);
+        let chunks = target.size.div_ceil(chunk_size as u64).max(1);
+        let upload = Upload {
+            target,
+            owner: conn.token_digest,
+            conn: Some(conn.id.clone()),
+            chunk_size,
+            received: vec![false; usize::try_from(chunks).unwrap_or(usize::MAX)],
+            received_count: 0,
+            file,
+            disk,
+            last_activity: Instant::now(),
+            detached_at: None,
+            finishing: false,
+        };
+        tracing::info!(upload = %id, size = upload.target.size, chunks, path = %upload.target.path, "upload started");
+        let reply = json!({
+            "type": "upload_ready",
+            "upload_id": id,
+            "chunk_size": chunk_size,
+            "chunks": chunks,
+            "window": cfg.window,
+        });
+        self.map().insert(id, Arc::new(tokio::sync::Mutex::new(upload)));
+        Ok(reply)
+    }
+
+    /// The upload, if this connection may use it (its own, or a detached one with the same token).
+    async fn claim(&self, conn: &ConnCtx, id: &str) -> Result<Arc<tokio::sync::Mutex<Upload>>, TransferError> {
+        let entry = self.map().get(id).cloned().ok_or(TransferError::Unknown)?;
+        {
+            let mut u = entry.lock().await;
+            if u.owner != conn.token_digest {
+                return Err(TransferError::NotOwned);
+            }
+            match &u.conn {
+                Some(c) if **c == *conn.id => {}
+                // Attached to a live connection: only that one may use it.
+                Some(_) => return Err(TransferError::NotOwned),
+                None => {
+                    tracing::info!(upload = %id, "upload resumed by a new connection");
+                    u.conn = Some(conn.id.clone());
+                    u.detached_at = None;
+                }
+            }
+            u.last_activity = Instant::now();
+        }
+        Ok(entry)
+    }
+
+    /// Stores one chunk; duplicates are acknowledged again, out-of-window ones refused.
+    pub async fn chunk(
+        &self,
+        conn: &ConnCtx,
+        id: &str,
+        seq: u64,
+        data: &[u8],
+        chunk_sha256: Option<&str>,
+    ) -> Result<Value, TransferError> {
+        let entry = self.claim(conn, id).await?;
+        let mut u = entry.lock().await;
+        if u.finishing {
+            return Err(TransferError::Finishing);
+        }
+        let window = u64::from(self.cfg.load().window.max(1));
+        let from = u.next_missing();
+        if seq >= u.chunks() || seq >= from.saturating_add(window) {
+            return Err(TransferError::OutOfWindow {
+                seq,
+                from,
+                to: from.saturating_add(window).min(u.chunks()),
+            });
+        }
+        let offset = seq * u.chunk_size as u64;
+        let expected = usize::try_from((u.target.size - offset).min(u.chunk_size as u64)).unwrap_or(usize::MAX);
+        if data.len() != expected {
+            return Err(TransferError::BadChunkSize(seq, data.len(), expected));
+        }
+        if let Some(want) = chunk_sha256
+            && !hex(&Sha256::digest(data)).eq_ignore_ascii_case(want)
+        {
+            return Err(TransferError::CorruptChunk(seq));
+        }
+        let index = usize::try_from(seq).unwrap_or(usize::MAX);
+        let duplicate = u.received.get(index).copied().unwrap_or(false);
+        if !duplicate {
+            u.file.seek(std::io::SeekFrom::Start(offset)).await?;
+            u.file.write_all(data).await?;
+            if let Some(slot) = u.received.get_mut(index) {
+                *slot = true;
+            }
+            u.received_count += 1;
+        }
+        Ok(json!({
+            "type": "upload_ack",
+            "upload_id": id,
+            "seq": seq,
+            "duplicate": duplicate,
+            "received_chunks": u.received_count,
+            "next_seq": u.next_missing(),
+        }))
+    }
+
+    /// How far an upload got (a resuming client continues from `next_seq`).
+    pub async fn status(&self, conn: &ConnCtx, id: &str) -> Result<Value, TransferError> {
+        let entry = self.claim(conn, id).await?;
+        let u = entry.lock().await;
+        Ok(u.status(id))
+    }
+
+    /// Checks that every chunk arrived and the sha256 matches; hands over the assembled file.
+    pub async fn finish(&self, conn: &ConnCtx, id: &str) -> Result<Assembled, TransferError> {
+        let entry = self.claim(conn, id).await?;
+        let mut u = entry.lock().await;
+        if u.finishing {
+            return Err(TransferError::Finishing);
+        }
+        let missing: Vec<u64> = u
+            .received
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !**r)
+            .map(|(i, _)| i as u64)
+            .take(32)
+            .collect();
+        if !missing.is_empty() {
+            return Err(TransferError::Incomplete(missing));
+        }
+        u.finishing = true;
+        u.file.flush().await?;
+        u.file.sync_data().await?;
+        let disk = u.disk.clone();
+        let actual = tokio::task::spawn_blocking(move || sha256_file(&disk))
+            .await
+            .map_err(|e| TransferError::Io(e.to_string()))??;
+        let target = u.target.clone();
+        let disk = u.disk.clone();
+        drop(u);
+        // From here the upload is no longer resumable: exactly one request reaches the backend.
+        self.remove(id);
+        let assembled = Assembled { target, disk };
+        if !actual.eq_ignore_ascii_case(&assembled.target.sha256) {
+            return Err(TransferError::ChecksumMismatch {
+                expected: assembled.target.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(assembled)
+    }
+
+    fn remove(&self, id: &str) {
+        if let Some(entry) = self.map().remove(id)
+            && let Ok(u) = entry.try_lock()
+        {
+            self.reserved.fetch_sub(u.target.size, Ordering::AcqRel);
+            if !u.finishing {
+                let _ = std::fs::remove_file(&u.disk);
+            }
+        }
+    }
+
+    /// A connection ended: its uploads wait `resume_timeout` for another connection.
+    pub async fn detach(&self, conn_id: &str) {
+        let entries: Vec<_> = self.map().values().cloned().collect();
+        for e in entries {
+            let mut u = e.lock().await;
+            if u.conn.as_deref() == Some(conn_id) {
+                u.conn = None;
+                u.detached_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Removes uploads that were abandoned: detached past `resume_timeout`, or idle past `idle_timeout`.
+    pub fn sweep(&self) -> usize {
+        let cfg = self.cfg.load();
+        let now = Instant::now();
+        let stale: Vec<String> = self
+            .map()
+            .iter()
+            .filter_map(|(id, e)| {
+                let u = e.try_lock().ok()?;
+                let gone = u.detached_at.is_some_and(|t| now.duration_since(t) > cfg.resume_timeout.0);
+                let idle = now.duration_since(u.last_activity) > cfg.idle_timeout.0;
+                (!u.finishing && (gone || idle)).then(|| id.clone())
+            })
+            .collect();
+        for id in &stale {
+            tracing::info!(upload = %id, "abandoned upload removed");
+            self.remove(id);
+        }
+        stale.len()
+    }
+
+    /// Sweeps abandoned uploads forever.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let Some(t) = me.upgrade() else { return };
+                t.sweep();
+            }
+        });
+    }
+}
+
+/// Sends a binary body to the client as a header plus numbered chunks, `window` at a time.
+pub fn start_download(
+    conn: Arc<ConnCtx>,
+    request_id: Option<Value>,
+    status: u16,
+    content_type: String,
+    body: Bytes,
+    binary_frames: bool,
+) -> bool {
+    let Some(tx) = conn.push_sender() else { return false };
+    let cfg = conn.transfers.cfg.load_full();
+    let id = format!("{:032x}", rand::random::<u128>());
+    let chunk_size = cfg.chunk_size.max(1);
+    let chunks = (body.len() as u64).div_ceil(chunk_size as u64);
+    let mut header = json!({
+        "type": "api_response",
+        "status": status,
+        "_chunked": true,
+        "download_id": id,
+        "_content_type": content_type,
+        "_content_length": body.len(),
+        "chunk_size": chunk_size,
+        "chunks": chunks,
+        "window": cfg.window,
+        "sha256": hex(&Sha256::digest(&body)),
+        "binary": binary_frames,
+    });
+    if let (Some(rid), Some(o)) = (request_id, header.as_object_mut()) {
+        o.insert("request_id".to_owned(), rid);
+    }
+    let state = conn.add_download(&id);
+    tokio::spawn(async move {
+        let window = u64::from(cfg.window.max(1));
+        if tx.send(Outbound::Text(header.to_string())).await.is_err() {
+            return;
+        }
+        for seq in 0..chunks {
+            loop {
+                let notified = state.notify.notified();
+                if seq < state.acked.load(Ordering::Acquire) + window {
+                    break;
+                }
+                if tokio::time::timeout(cfg.ack_timeout.0, notified).await.is_err() {
+                    tracing::warn!(download = %id, seq, "download not acknowledged in time; dropped");
+                    let err = crate::codec::error_json(None, "Download acknowledgement timeout", Some("DOWNLOAD_ACK_TIMEOUT"), None);
+                    let _ = tx.send(Outbound::Text(String::from_utf8_lossy(&err).into_owned())).await;
+                    conn.remove_download(&id);
+                    return;
+                }
+            }
+            let start = usize::try_from(seq * chunk_size as u64).unwrap_or(usize::MAX).min(body.len());
+            let end = start.saturating_add(chunk_size).min(body.len());
+            let part = body.slice(start..end);
+            let msg = if binary_frames {
+                let mut frame = Vec::with_capacity(37 + part.len());
+                frame.push(b'D');
+                frame.extend_from_slice(id.as_bytes());
+                frame.extend_from_slice(&u32::try_from(seq).unwrap_or(u32::MAX).to_be_bytes());
+                frame.extend_from_slice(&part);
+                Outbound::Binary(Bytes::from(frame))
+            } else {
+                let data = base64::engine::general_purpose::STANDARD.encode(&part);
+                Outbound::Text(json!({"type": "download_chunk", "download_id": id, "seq": seq, "data": data}).to_string())
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        // Keep the state until the last chunk is acknowledged, for the client's final acks.
+        let _ = tokio::time::timeout(cfg.ack_timeout.0, async {
+            loop {
+                let notified = state.notify.notified();
+                if state.acked.load(Ordering::Acquire) >= chunks {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        conn.remove_download(&id);
+        tracing::info!(download = %id, chunks, "download sent");
+    });
+    true
+}
+
+/// An upload chunk carried in a binary frame: `U`, 32 hex characters of upload id, big-endian u32 seq, payload.
+pub fn parse_binary_chunk(frame: &[u8]) -> Option<(&str, u64, &[u8])> {
+    let (kind, rest) = frame.split_first()?;
+    if *kind != b'U' || rest.len() < 36 {
+        return None;
+    }
+    let (id, rest) = rest.split_at(32);
+    let (seq, data) = rest.split_at(4);
+    let id = std::str::from_utf8(id).ok()?;
+    let seq = u32::from_be_bytes(seq.try_into().ok()?);
+    Some((id, u64::from(seq), data))
+}
+
+fn sha256_file(path: &std::path::Path) -> Result<String, TransferError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(buf.get(..n).unwrap_or_default());
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reads an assembled upload as a body stream.
+pub async fn body_stream(disk: &std::path::Path) -> Result<crate::backend::BodyStream, std::io::Error> {
+    use futures_util::StreamExt;
+    let file = tokio::fs::File::open(disk).await?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+        .map(|r| r.map(hyper::body::Frame::data));
+    Ok(stream.boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_chunk_frames() {
+        let mut f = vec![b'U'];
+        f.extend_from_slice(b"0123456789abcdef0123456789abcdef");
+        f.extend_from_slice(&7u32.to_be_bytes());
+        f.extend_from_slice(b"payload");
+        assert_eq!(parse_binary_chunk(&f), Some(("0123456789abcdef0123456789abcdef", 7, &b"payload"[..])));
+        assert_eq!(parse_binary_chunk(b"U123"), None);
+        assert_eq!(parse_binary_chunk(b""), None);
+        f[0] = b'X';
+        assert_eq!(parse_binary_chunk(&f), None);
+    }
+}
