@@ -130,7 +130,7 @@ fn is_mutating_api(msg: &Value) -> bool {
 /// Picks the cases a run asks for: `only` names routes; mutating cases need `include_mutating`.
 pub fn select(all: Vec<Case>, only: &[String], include_mutating: bool) -> Vec<Case> {
     all.into_iter()
-        .filter(|c| only.is_empty() || only.iter().any(|o| *o == c.route))
+        .filter(|c| only.is_empty() || only.contains(&c.route))
         .filter(|c| include_mutating || !c.mutating)
         .collect()
 }
@@ -347,8 +347,10 @@ pub fn asyncapi(table: &RouteTable) -> Value {
                 o.remove("$id");
                 o.remove("x-invalid-examples");
             }
-            m["payload"] = payload;
-            m["title"] = Value::from(s.title());
+            if let Some(o) = m.as_object_mut() {
+                o.insert("payload".to_owned(), payload);
+                o.insert("title".to_owned(), Value::from(s.title()));
+            }
         }
         messages.insert(name.to_owned(), m);
         channel_messages.insert(
@@ -384,8 +386,11 @@ pub fn asyncapi(table: &RouteTable) -> Value {
             "channel": {"$ref": "#/channels/ws"},
             "messages": [{"$ref": format!("#/channels/ws/messages/{name}")}],
         });
-        if !replies.is_empty() {
-            op["reply"] = json!({"channel": {"$ref": "#/channels/ws"}, "messages": replies});
+        if let (false, Some(o)) = (replies.is_empty(), op.as_object_mut()) {
+            o.insert(
+                "reply".to_owned(),
+                json!({"channel": {"$ref": "#/channels/ws"}, "messages": replies}),
+            );
         }
         operations.insert(name, op);
     }

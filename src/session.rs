@@ -439,6 +439,11 @@ async fn run<S>(
         }
     };
 
+    // Cleaning is raised before the slot is given up, so a connection admitted
+    // from now on waits for this connection's cleanup before its `ready`.
+    state.cleaning.send_modify(|n| *n += 1);
+    let last = state.serving.fetch_sub(1, Ordering::AcqRel) == 1;
+
     // Let in-flight work finish: an offer may still open a session that must be
     // closed below, and on shutdown the client still gets its replies.
     if !in_flight.is_empty() {
@@ -460,15 +465,15 @@ async fn run<S>(
     if reason == EndReason::Shutdown {
         close(&mut tx, CLOSE_GOING_AWAY, "server shutting down").await;
     }
-    let _ = tx.close().await;
+    // A client that stopped reading cannot take a graceful close either: don't wait on it.
+    if ok {
+        let _ = tokio::time::timeout(Duration::from_secs(5), tx.close()).await;
+    }
+    drop(tx);
     drop(rx);
     conn.transfers.detach(&conn.id).await;
     open_gauge.decrement(1.0);
 
-    // Cleaning is raised before the slot is given up, so a connection admitted
-    // from now on waits for this cleanup before its `ready`.
-    state.cleaning.send_modify(|n| *n += 1);
-    let last = state.serving.fetch_sub(1, Ordering::AcqRel) == 1;
     let table = state.table.load_full();
     crate::cleanup::run(&table, &state, &conn, last).await;
     state.cleaning.send_modify(|n| *n = n.saturating_sub(1));

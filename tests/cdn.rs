@@ -86,7 +86,7 @@ async fn other_hosts_and_tricks_are_refused_without_a_fetch() {
         format!("http://127.0.0.1:{other_port}/x"),
         format!("http://127.0.0.1:{allowed_port}@127.0.0.1:{other_port}/x"),
         format!("http://localhost:{other_port}/x"),
-        format!("file:///etc/passwd"),
+        "file:///etc/passwd".to_owned(),
         format!("gopher://127.0.0.1:{other_port}/x"),
         "/api/v1/internal".to_owned(),
     ]

@@ -33,6 +33,9 @@ use crate::validate::{CompiledSchema, ReplyCheckLayer, SchemaSet, ValidateLayer}
 /// A type-erased route stack.
 pub type RouteService = BoxCloneSyncService<Request, Reply, Infallible>;
 
+/// Longest routing key looked up; longer ones are unknown by definition.
+const MAX_ROUTE_KEY: usize = 256;
+
 /// The name of the catch-all route.
 pub const DEFAULT_ROUTE: &str = "$default";
 
@@ -100,6 +103,12 @@ impl RouteTable {
     /// Picks the route for a decoded message and runs it.
     pub fn dispatch(&self, req: Request) -> futures_util::future::BoxFuture<'static, Reply> {
         let route = match self.key.get(&req.msg) {
+            // No route has a name this long: refuse without echoing megabytes back.
+            Some(kind) if kind.len() > MAX_ROUTE_KEY => {
+                let shown: String = kind.chars().take(64).collect();
+                let err = ProtocolError::UnknownType(format!("{shown}… ({} bytes)", kind.len()));
+                return Box::pin(std::future::ready(error_reply(req.request_id.as_ref(), &err)));
+            }
             Some(kind) => self.routes.get(kind).or(self.default.as_ref()),
             None => {
                 let err = ProtocolError::MissingRouteKey(self.key.name().to_owned());
@@ -253,8 +262,7 @@ impl RouteTable {
         }
         let wants_close = conn
             .on_disconnect
-            .iter()
-            .any(|s| *s == DisconnectStep::Signaling(SignalingDisconnect::CloseSessions));
+            .contains(&DisconnectStep::Signaling(SignalingDisconnect::CloseSessions));
         let close_sessions_path = if wants_close { offer_path(file) } else { None };
         if wants_close && close_sessions_path.is_none() {
             return Err(ConfigError::new(

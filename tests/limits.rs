@@ -1,0 +1,799 @@
+//! Connection limits, auth, ownership, per-user cleanup and path safety, against real processes with small limits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn api(method: &str, path: &str) -> Value {
+    json!({"type": "api", "method": method, "path": path})
+}
+
+fn candidate() -> Value {
+    json!({"candidate": "candidate:1 1 UDP 2122252543 192.0.2.10 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0})
+}
+
+/// Opens a WebSocket (any request) and returns it with its first JSON message.
+async fn first_message<R>(req: R) -> (Socket, Value)
+where
+    R: tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+{
+    let (mut s, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect timeout")
+        .expect("connect");
+    loop {
+        let m = tokio::time::timeout(WAIT, s.next())
+            .await
+            .expect("timed out waiting for the first message")
+            .expect("socket ended before the first message")
+            .expect("socket error");
+        match m {
+            Message::Text(t) => {
+                let v = serde_json::from_str(t.as_str()).unwrap();
+                return (s, v);
+            }
+            Message::Close(f) => panic!("closed before any message: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code.
+async fn close_code(s: &mut Socket) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, s.next())
+            .await
+            .expect("timed out waiting for close")
+        {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+fn into_ws(inner: Socket, ready: &Value) -> Ws {
+    assert_eq!(ready["type"], "ready", "{ready}");
+    Ws {
+        inner,
+        stash: Vec::new(),
+        connection_id: ready["connection_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A ping text frame of exactly `len` bytes.
+fn padded_ping(rid: &str, len: usize) -> String {
+    let base = json!({"type": "ping", "request_id": rid, "pad": ""}).to_string();
+    assert!(len >= base.len());
+    let text =
+        json!({"type": "ping", "request_id": rid, "pad": "x".repeat(len - base.len())}).to_string();
+    assert_eq!(text.len(), len);
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// Size, count, in-flight and rate limits
+
+#[tokio::test]
+async fn frame_over_max_message_bytes_closes_1009_and_one_just_under_passes() {
+    let (_m, r, _t) = stack_with(&[("max_message_bytes: 134217728", "max_message_bytes: 4096")]);
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    ws.send_text(&padded_ping("under", 4095)).await;
+    assert_eq!(
+        ws.reply_to("under").await,
+        json!({"type": "pong", "request_id": "under"})
+    );
+    ws.send_text(&padded_ping("limit", 4096)).await;
+    assert_eq!(
+        ws.reply_to("limit").await,
+        json!({"type": "pong", "request_id": "limit"})
+    );
+    ws.send_text(&padded_ping("over", 4097)).await;
+    assert_eq!(ws.closed().await, Some(1009));
+    r.wait_for_line_with(&[&ws.connection_id, "disconnected", "reason=TooLarge"])
+        .await;
+    // Others are still served.
+    Ws::connect(&r.ws_url()).await.assert_open().await;
+}
+
+#[tokio::test]
+async fn max_connections_refuses_the_second_with_1013_and_admits_after_the_first_leaves() {
+    let (_m, r, _t) = stack_with(&[("max_connections: 8", "max_connections: 1")]);
+    let mut first = Ws::connect(&r.ws_url()).await;
+    first.assert_open().await;
+
+    let (mut second, msg) = first_message(r.ws_url()).await;
+    assert_eq!(msg["type"], "error", "{msg}");
+    assert_eq!(msg["code"], "TOO_MANY_CONNECTIONS", "{msg}");
+    assert_eq!(close_code(&mut second).await, Some(1013));
+    // The refused connection did not disturb the admitted one.
+    first.assert_open().await;
+
+    first.close().await;
+    let mut third = eventually(
+        "a new connection is admitted after the first left",
+        || async {
+            let (s, msg) = first_message(r.ws_url()).await;
+            (msg["type"] == "ready").then(|| into_ws(s, &msg))
+        },
+    )
+    .await;
+    third.assert_open().await;
+}
+
+#[tokio::test]
+async fn max_in_flight_refuses_the_third_and_completes_the_others() {
+    let (_m, r, _t) = stack_with(&[("max_in_flight: 64", "max_in_flight: 2")]);
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    for rid in ["s1", "s2", "s3"] {
+        let mut msg = api("GET", "/api/v1/mock/slow?ms=1500");
+        msg["request_id"] = json!(rid);
+        ws.send(&msg).await;
+    }
+    let third = ws.reply_to("s3").await;
+    assert_eq!(third["type"], "error", "{third}");
+    assert_eq!(third["code"], "TOO_MANY_IN_FLIGHT", "{third}");
+    assert_eq!(third["request_id"], "s3");
+    for rid in ["s1", "s2"] {
+        let v = ws.reply_to(rid).await;
+        assert_eq!(v["type"], "api_response", "{v}");
+        assert_eq!(v["status"], 200, "{v}");
+        assert_eq!(v["data"]["slept_ms"], 1500, "{v}");
+    }
+    // The slots are free again.
+    let v = ws.call("s4", api("GET", "/api/v1/mock/slow?ms=10")).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(
+        ws.stash.is_empty(),
+        "unexpected extra replies: {:?}",
+        ws.stash
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_answers_the_burst_then_rate_limited_and_recovers() {
+    let (_m, r, _t) = stack_with(&[(
+        "rate: { per_second: 200, burst: 400 }",
+        "rate: { per_second: 5, burst: 5 }",
+    )]);
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    for i in 0..20 {
+        let msg = json!({"type": "ping", "request_id": format!("p{i}")});
+        ws.inner.feed(Message::text(msg.to_string())).await.unwrap();
+    }
+    ws.inner.flush().await.unwrap();
+    let mut pongs = 0;
+    for i in 0..20 {
+        let rid = format!("p{i}");
+        let v = ws.reply_to(&rid).await;
+        match v["type"].as_str() {
+            Some("pong") => {
+                assert_eq!(v, json!({"type": "pong", "request_id": rid}));
+                pongs += 1;
+            }
+            Some("error") => {
+                assert_eq!(v["code"], "RATE_LIMITED", "{v}");
+                assert_eq!(v["request_id"], rid.as_str(), "{v}");
+                assert!(i >= 5, "the first 5 fit in the burst: {rid} → {v}");
+            }
+            _ => panic!("{rid} → {v}"),
+        }
+    }
+    assert!((5..=7).contains(&pongs), "{pongs} pongs out of 20");
+    assert!(
+        ws.stash.is_empty(),
+        "unexpected extra replies: {:?}",
+        ws.stash
+    );
+    // Still open, and the bucket refills.
+    let ws = Arc::new(tokio::sync::Mutex::new(ws));
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    eventually("a ping passes after the refill", || {
+        let (ws, n) = (ws.clone(), n.clone());
+        async move {
+            let rid = format!(
+                "later{}",
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let v = ws.lock().await.call(&rid, json!({"type": "ping"})).await;
+            match v["type"].as_str() {
+                Some("pong") => Some(()),
+                _ => {
+                    assert_eq!(v["code"], "RATE_LIMITED", "{v}");
+                    None
+                }
+            }
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time limits
+
+#[tokio::test]
+async fn idle_timeout_closes_a_silent_client_but_not_a_pinging_one() {
+    let (_m, r, _t) = stack_with(&[("idle_timeout: 10m", "idle_timeout: 1s")]);
+    let mut silent = Ws::connect(&r.ws_url()).await;
+    let mut busy = Ws::connect(&r.ws_url()).await;
+    let silent_side = async {
+        let v = silent.recv().await;
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["code"], "IDLE_TIMEOUT", "{v}");
+        assert_eq!(silent.closed().await, Some(1000));
+    };
+    let busy_side = async {
+        for i in 0..8 {
+            let rid = format!("b{i}");
+            assert_eq!(
+                busy.call(&rid, json!({"type": "ping"})).await,
+                json!({"type": "pong", "request_id": rid})
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    tokio::join!(silent_side, busy_side);
+    busy.assert_open().await;
+    r.wait_for_line_with(&[&silent.connection_id, "disconnected", "reason=Idle"])
+        .await;
+    assert!(
+        !r.output()
+            .lines()
+            .any(|l| l.contains(&busy.connection_id) && l.contains("disconnected")),
+        "the pinging client must not be closed:\n{}",
+        r.output()
+    );
+}
+
+#[tokio::test]
+async fn max_duration_sends_the_error_then_closes() {
+    let (_m, r, _t) = stack_with(&[("max_duration: 2h", "max_duration: 2s")]);
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    ws.assert_open().await;
+    let v = ws.recv().await;
+    assert_eq!(
+        v,
+        json!({"type": "error", "error": "Max duration exceeded", "code": "MAX_DURATION_EXCEEDED"})
+    );
+    assert!(ws.closed().await.is_some(), "a close frame follows");
+    r.wait_for_line_with(&[&ws.connection_id, "disconnected", "reason=MaxDuration"])
+        .await;
+}
+
+#[tokio::test]
+async fn keepalive_keeps_an_answering_client_and_drops_a_silent_one() {
+    let (_m, r, _t) = stack_with(&[(
+        "keepalive: { interval: 20s, timeout: 20s }",
+        "keepalive: { interval: 200ms, timeout: 300ms }",
+    )]);
+    // Completes the handshake by hand, reads `ready`, then never reads or answers again.
+    let (_deaf, deaf_id) = RawWs::connect(r.addr).await;
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    // Polling the stream makes tungstenite answer the router's pings; nothing else is sent.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(m) = tokio::time::timeout_at(until, ws.inner.next()).await {
+        match m {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("unexpected while idle: {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "the router pings every 200 ms; saw {pings}");
+    ws.assert_open().await;
+    let line = r
+        .wait_for_line_with(&[&deaf_id, "disconnected", "reason=KeepaliveTimeout"])
+        .await;
+    assert!(line.contains(&deaf_id), "{line}");
+    assert!(
+        !r.output()
+            .lines()
+            .any(|l| l.contains(&ws.connection_id) && l.contains("disconnected")),
+        "the answering client must stay:\n{}",
+        r.output()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_and_memory_stays_bounded() {
+    let (_m, mut r, _t) = stack_with(&[("write_timeout: 30s", "write_timeout: 1s")]);
+    let (mut deaf, deaf_id) = RawWs::connect(r.addr).await;
+    // Many big replies (1 MB binary → 1.33 MB of base64 each), none of them read.
+    for i in 0..40 {
+        let msg = json!({"type": "api", "method": "GET", "path": "/api/v1/mock/binary?size=1000000", "request_id": format!("big{i}")});
+        deaf.send_text(&msg.to_string()).await;
+    }
+    r.wait_for_line_with(&[&deaf_id, "client is not reading"])
+        .await;
+    let rss = rss_kib(r.child.id());
+    assert!(
+        rss < 300 * 1024,
+        "router RSS {rss} KiB with a stalled client"
+    );
+    // The router closes it: the connection ends (and its cleanup runs) while the client still
+    // holds the socket without reading.
+    r.wait_for_line_with(&[&deaf_id, "disconnected"]).await;
+    // Everyone else is still served.
+    let mut other = Ws::connect(&r.ws_url()).await;
+    other.assert_open().await;
+    let v = other
+        .call("small", api("GET", "/api/v1/pipeline/status"))
+        .await;
+    assert_eq!(v["status"], 200, "{v}");
+    let rss = rss_kib(r.child.id());
+    assert!(
+        rss < 300 * 1024,
+        "router RSS {rss} KiB after the stalled client"
+    );
+    r.assert_running();
+    drop(deaf);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Auth
+
+const TOKENS: &str = "tok-alpha-5a1f93c2,tok-beta-77e0b4d1";
+
+async fn assert_denied(s: &mut Socket, first: &Value) {
+    assert_eq!(
+        first,
+        &json!({"type": "error", "error": "Access denied", "code": "ACCESS_DENIED"})
+    );
+    assert_eq!(close_code(s).await, Some(4003));
+}
+
+#[tokio::test]
+async fn token_auth_accepts_query_or_bearer_and_denies_the_rest_without_logging_tokens() {
+    let t = default_routes_with(&[(
+        "auth: { mode: none }",
+        "auth: { mode: token, env: SCOPE_TEST_TOKENS }",
+    )]);
+    let m = mock(&[]);
+    let r = router_env(&t.path, &m.http(), &[("SCOPE_TEST_TOKENS", TOKENS)]);
+    let url = r.ws_url();
+
+    // Right token in the query.
+    let mut ok = Ws::connect(&format!("{url}?fal_jwt_token=tok-beta-77e0b4d1")).await;
+    ok.assert_open().await;
+
+    // Right token as a Bearer header.
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        "Bearer tok-alpha-5a1f93c2".parse().unwrap(),
+    );
+    let (s, first) = first_message(req).await;
+    let mut ok2 = into_ws(s, &first);
+    ok2.assert_open().await;
+
+    // Wrong token in the query, wrong token in the header, no token at all.
+    let (mut s, first) = first_message(format!("{url}?fal_jwt_token=tok-wrong-0c9d2e11")).await;
+    assert_denied(&mut s, &first).await;
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        "Bearer tok-wrong-3b8a6f05".parse().unwrap(),
+    );
+    let (mut s, first) = first_message(req).await;
+    assert_denied(&mut s, &first).await;
+    let (mut s, first) = first_message(url.clone()).await;
+    assert_denied(&mut s, &first).await;
+    // A prefix of a right token is not the token.
+    let (mut s, first) = first_message(format!("{url}?fal_jwt_token=tok-alpha")).await;
+    assert_denied(&mut s, &first).await;
+
+    eventually("the four denials are logged", || async {
+        (r.output().matches("access denied").count() >= 4).then_some(())
+    })
+    .await;
+    let ok2_id = ok2.connection_id.clone();
+    ok.close().await;
+    ok2.close().await;
+    r.wait_for_line_with(&[&ok2_id, "disconnected"]).await;
+    let out = r.output();
+    for secret in [
+        "tok-alpha-5a1f93c2",
+        "tok-beta-77e0b4d1",
+        "tok-wrong-0c9d2e11",
+        "tok-wrong-3b8a6f05",
+        "5a1f93c2",
+        "77e0b4d1",
+    ] {
+        assert!(
+            !out.contains(secret),
+            "token {secret:?} leaked into the router's output:\n{out}"
+        );
+    }
+    assert_eq!(mock_total(&m).await, 0);
+}
+
+/// A tiny HTTP authorizer: 200 for `Bearer good`, 403 otherwise; records every request's
+/// `Authorization` header, JSON body and whole request head.
+async fn authorizer() -> (
+    u16,
+    Arc<Mutex<Vec<(String, Value, String)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.trim()
+                            .eq_ignore_ascii_case(name)
+                            .then(|| v.trim().to_owned())
+                    })
+                };
+                let len: usize = header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let mut chunk = [0u8; 4096];
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body: Value = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
+                let auth = header("authorization").unwrap_or_default();
+                let status = if auth == "Bearer good" {
+                    "200 OK"
+                } else {
+                    "403 Forbidden"
+                };
+                seen.lock().unwrap().push((auth, body, head.clone()));
+                let resp =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, seen, task)
+}
+
+#[tokio::test]
+async fn http_auth_asks_the_authorizer_and_denies_when_it_refuses_or_is_down() {
+    let (port, seen, task) = authorizer().await;
+    let t = default_routes_with(&[(
+        "auth: { mode: none }",
+        &format!("auth: {{ mode: http, url: \"http://127.0.0.1:{port}/auth\", timeout: 2s }}"),
+    )]);
+    let m = mock(&[]);
+    let r = router(&t.path, &m.http(), &[]);
+    let url = r.ws_url();
+
+    let mut ok = Ws::connect(&format!("{url}?fal_jwt_token=good")).await;
+    ok.assert_open().await;
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, "Bearer good");
+        assert_eq!(seen[0].1["token"], "good", "{:?}", seen[0].1);
+        assert_eq!(
+            seen[0].1["connection_id"],
+            ok.connection_id.as_str(),
+            "{:?}",
+            seen[0].1
+        );
+    }
+
+    let (mut s, first) = first_message(format!("{url}?fal_jwt_token=bad")).await;
+    assert_denied(&mut s, &first).await;
+    assert_eq!(seen.lock().unwrap().last().unwrap().0, "Bearer bad");
+
+    // No token: denied without asking.
+    let asked = seen.lock().unwrap().len();
+    let (mut s, first) = first_message(url.clone()).await;
+    assert_denied(&mut s, &first).await;
+    assert_eq!(seen.lock().unwrap().len(), asked);
+
+    // A token carrying CR/LF cannot smuggle headers into the authorizer request.
+    let (mut s, first) = first_message(format!("{url}?fal_jwt_token=good%0d%0aX-Evil:%201")).await;
+    assert_denied(&mut s, &first).await;
+    let (mut s, first) = first_message(format!("{url}?fal_jwt_token=good%0aX-Evil:%201")).await;
+    assert_denied(&mut s, &first).await;
+    for (_, _, head) in seen.lock().unwrap().iter() {
+        assert!(
+            !head.to_ascii_lowercase().contains("\nx-evil"),
+            "header smuggled into the authorizer request:\n{head}"
+        );
+    }
+
+    // Authorizer down: even the good token is denied.
+    task.abort();
+    let _ = task.await;
+    let (mut s, first) = first_message(format!("{url}?fal_jwt_token=good")).await;
+    assert_denied(&mut s, &first).await;
+
+    // The admitted connection was never disturbed.
+    ok.assert_open().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session ownership
+
+#[tokio::test]
+async fn a_connection_cannot_use_another_connections_session() {
+    let (m, r) = stack();
+    let mut a = Ws::connect(&r.ws_url()).await;
+    let mut b = Ws::connect(&r.ws_url()).await;
+    let sid = a.offer("offer-a").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    for (rid, cand) in [("h1", candidate()), ("h2", Value::Null)] {
+        let v = b
+            .call(
+                rid,
+                json!({"type": "icecandidate", "sessionId": sid, "candidate": cand}),
+            )
+            .await;
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["code"], "SESSION_NOT_OWNED", "{v}");
+        assert_eq!(v["request_id"], rid, "{v}");
+    }
+    b.assert_open().await;
+    assert!(
+        mock_recent(&m, "PATCH", "/api/v1/webrtc/offer")
+            .await
+            .is_empty()
+    );
+    assert_eq!(mock_sessions(&m).await[0]["candidates"], json!([]));
+
+    // The owner can.
+    let v = a
+        .call(
+            "own",
+            json!({"type": "icecandidate", "sessionId": sid, "candidate": candidate()}),
+        )
+        .await;
+    assert_eq!(
+        v,
+        json!({"type": "icecandidate_ack", "status": "ok", "request_id": "own"})
+    );
+    assert_eq!(
+        mock_recent(&m, "PATCH", "/api/v1/webrtc/offer").await.len(),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-user cleanup
+
+fn cleanup_routes(dir: &Path, port: u16, assets: &Path) -> std::path::PathBuf {
+    let cmd = serde_json::to_string(&[
+        MOCK,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--quiet",
+    ])
+    .unwrap();
+    let text = format!(
+        r#"version: 1
+schemas: {schemas:?}
+backend:
+  url: http://127.0.0.1:{port}
+  command: {cmd}
+  env: {{ DAYDREAM_SCOPE_ASSETS_DIR: {assets:?} }}
+  health: {{ path: /health, interval: 200ms, timeout: 1s, startup_timeout: 60s, failure_threshold: 2 }}
+connection:
+  on_connect: {{ type: ready, connection_id: "${{connection.id}}" }}
+  on_disconnect:
+    - signaling: close_sessions
+    - clear_dir: $DAYDREAM_SCOPE_ASSETS_DIR
+routes:
+  ping: {{ schema: ping.json, reply: {{ type: pong }} }}
+  offer: {{ schema: offer.json, signaling: {{ action: offer }} }}
+  icecandidate: {{ schema: icecandidate.json, signaling: {{ action: icecandidate }} }}
+  api:
+    schema: api.json
+    forward:
+      from_message: true
+      reply: {{ type: api_response, status: "${{response.status}}", data: "${{response.json}}" }}
+      on_error: {{ type: api_response, status: "${{error.status}}", error: "${{error.message}}", code: "${{error.code}}" }}
+"#,
+        schemas = repo().join("schemas").display().to_string(),
+        assets = assets.display().to_string(),
+    );
+    let p = dir.join("routes.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn upload(ws: &mut Ws, rid: &str, name: &str, bytes: &[u8]) {
+    let v = ws
+        .call(
+            rid,
+            json!({
+                "type": "api", "method": "POST", "path": format!("/api/v1/assets?filename={name}"),
+                "body": {"_base64_content": base64::engine::general_purpose::STANDARD.encode(bytes), "_content_type": "image/png"},
+            }),
+        )
+        .await;
+    assert_eq!(v["status"], 200, "upload failed: {v}");
+}
+
+#[tokio::test]
+async fn disconnect_closes_sessions_and_empties_the_assets_dir_before_the_next_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let assets = dir.path().join("assets");
+    let port = free_port();
+    let routes = cleanup_routes(dir.path(), port, &assets);
+    let r = router_supervising(&routes);
+    wait_backend_ready(&r).await;
+    let backend = format!("http://127.0.0.1:{port}");
+
+    // User 1 opens a session and uploads a file.
+    let mut a = Ws::connect(&r.ws_url()).await;
+    let sid = a.offer("o1").await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    upload(&mut a, "up1", "a.png", b"\x89PNG user one").await;
+    assert_eq!(
+        std::fs::read(assets.join("a.png")).unwrap(),
+        b"\x89PNG user one"
+    );
+
+    // User 1 leaves; user 2 connects at once and must not see user 1's files.
+    a.close().await;
+    let mut b = Ws::connect(&r.ws_url()).await;
+    assert!(assets.is_dir(), "the directory itself stays");
+    assert_eq!(
+        entries(&assets),
+        Vec::<String>::new(),
+        "ready arrived before the directory was emptied"
+    );
+    let (_, deleted) = get_json(&format!("{backend}/_mock/deleted")).await;
+    assert!(
+        deleted["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == sid.as_str()),
+        "session {sid} must be DELETEd: {deleted}"
+    );
+    b.assert_open().await;
+
+    // Two tabs of one user: closing one keeps the files.
+    let mut c = Ws::connect(&r.ws_url()).await;
+    upload(&mut b, "up2", "b.png", b"\x89PNG user two").await;
+    let b_id = b.connection_id.clone();
+    b.close().await;
+    r.wait_for_line_with(&[&b_id, "disconnected"]).await;
+    assert_eq!(
+        entries(&assets),
+        vec!["b.png".to_owned()],
+        "another connection is still open"
+    );
+    c.assert_open().await;
+
+    // The last one leaving empties it.
+    c.close().await;
+    eventually(
+        "the assets dir is emptied after the last connection",
+        || async { entries(&assets).is_empty().then_some(()) },
+    )
+    .await;
+    assert!(assets.is_dir());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path safety
+
+#[tokio::test]
+async fn unsafe_api_paths_are_refused_without_a_backend_request() {
+    let (m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let mock_host = m.addr.to_string();
+    let paths = [
+        "/api/v1/assets/../../../etc/passwd".to_owned(),
+        "/api/../../etc/passwd".to_owned(),
+        "/api/v1/assets/%2e%2e/%2e%2e/%2e%2e/_mock/exit".to_owned(),
+        "/api/v1/assets/%2E%2e/internal/secret".to_owned(),
+        "/api/v1/assets/%2e%2E/%2E%2E/%2e%2e/%2e%2e/etc/passwd".to_owned(),
+        "/api/v1/assets/..%2f..%2f..%2f_mock/exit".to_owned(),
+        "/api/v1/assets/..%2finternal/secret".to_owned(),
+        "/api//v1//internal//secret".to_owned(),
+        "//api/v1/pipeline/status".to_owned(),
+        format!("//{mock_host}/api/v1/pipeline/status"),
+        "//evil.example/api/v1/pipeline/status".to_owned(),
+        "/api/v1/assets\\..\\..\\internal\\secret".to_owned(),
+        "/api/v1/assets%5c..%5c..%5cinternal".to_owned(),
+        "/api/v1/assets%5C..%5Cinternal".to_owned(),
+        "/api/v1/pipeline/status%0d%0aHost:%20evil".to_owned(),
+        "/api/v1/pipeline/status%0aX-Injected:%201".to_owned(),
+        "/api/v1/pipeline/status\r\nX-Injected: 1".to_owned(),
+        "/api/v1/pipeline/status%00".to_owned(),
+        "/api/v1/pipeline/status\u{0}.json".to_owned(),
+        format!("http://{mock_host}/api/v1/pipeline/status"),
+        "https://evil.example/api/v1/pipeline/status".to_owned(),
+        "/api/v1/assets/%ff%fe".to_owned(),
+    ];
+    for (i, path) in paths.iter().enumerate() {
+        let rid = format!("path{i}");
+        // POST: a probe that reached `/_mock/exit` would stop the mock (checked at the end).
+        let v = ws.call(&rid, api("POST", path)).await;
+        assert_eq!(v["request_id"], rid.as_str(), "{path:?} → {v}");
+        match v["type"].as_str() {
+            Some("api_response") => {
+                let s = v["status"].as_u64().expect("status");
+                assert!((400..500).contains(&s), "{path:?} → {v}");
+                assert!(
+                    v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                    "{path:?} → {v}"
+                );
+                assert!(v.get("data").is_none(), "{path:?} → {v}");
+            }
+            Some("error") => assert_eq!(v["code"], "VALIDATION_FAILED", "{path:?} → {v}"),
+            _ => panic!("{path:?} → unexpected reply {v}"),
+        }
+        assert_eq!(
+            mock_total(&m).await,
+            0,
+            "{path:?} reached the backend: {}",
+            mock_stats(&m).await
+        );
+    }
+    // The deny list sees the normalized path.
+    let v = ws
+        .call("deny", api("GET", "/api/v1/assets/../internal/secret"))
+        .await;
+    assert_eq!(v["type"], "api_response", "{v}");
+    assert_eq!(v["status"], 403, "{v}");
+    assert_eq!(v["request_id"], "deny");
+    ws.assert_open().await;
+    let stats = mock_stats(&m).await;
+    assert_eq!(stats["total"], 0, "nothing may reach the backend: {stats}");
+    assert!(mock_recent(&m, "GET", "/api/v1/internal").await.is_empty());
+    let (code, _) = get_json(&format!("{}/health", m.http())).await;
+    assert_eq!(code, 200, "the mock is alive (no /_mock/exit got through)");
+}
