@@ -166,7 +166,7 @@ impl Template {
     /// Compiles a reply template, which must be an object.
     pub fn compile_reply(v: &Value, scope: Scope) -> Result<Template, TemplateError> {
         if !v.is_object() {
-            return Err(TemplateError::NotObject(json_kind(v)));
+            return Err(TemplateError::NotObject(crate::codec::kind_of(v)));
         }
         Template::compile(v, scope)
     }
@@ -378,17 +378,6 @@ impl Template {
                 true
             }
         }
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -135,6 +135,19 @@ struct IdleArgs {
     /// Hold this long, then exit; without it, hold until stdin reaches end of file.
     #[arg(long, value_parser = humantime::parse_duration)]
     hold: Option<Duration>,
+    /// Report this process's resident memory (the router's) before connecting and once every
+    /// connection is open and has settled.
+    #[arg(long)]
+    rss_pid: Option<u32>,
+    /// Wait this long after the last `ready` before reading the RSS.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Row name, copied into the output line (`report` groups by it).
+    #[arg(long, default_value = "")]
+    row: String,
+    /// Repeat number, copied into the output line.
+    #[arg(long, default_value_t = 0)]
+    repeat: u32,
     /// Tokio worker threads of the generator itself.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -317,7 +330,7 @@ fn main() -> std::process::ExitCode {
         Mode::Http(a) => a.run.threads,
         Mode::Idle(a) => a.threads,
         Mode::Report(a) => {
-            return match report::run(a.clone()) {
+            return match report::run(a) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("loadgen: {e:#}");
@@ -490,6 +503,18 @@ fn print_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Resident set size of a process, in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `NAME=PID` for `--cpu-pid`.
@@ -803,6 +828,7 @@ async fn worker(conn: Conn, mix: Mix, plan: Plan, index: usize) -> Result<Worker
 /// Opens `--conns` WebSockets (each waits for `ready`), prints one JSON line, then holds them.
 async fn idle(args: IdleArgs) -> Result<()> {
     let target = Target::parse(&args.url)?;
+    let rss_base = args.rss_pid.and_then(rss_kib);
     let started = Instant::now();
     let mut opened: Vec<Ws> = Vec::with_capacity(args.conns);
     let mut failed = 0usize;
@@ -824,12 +850,24 @@ async fn idle(args: IdleArgs) -> Result<()> {
             }
         }
     }
+    let connect_s = round2(started.elapsed().as_secs_f64());
+    let rss = match args.rss_pid {
+        Some(pid) => {
+            tokio::time::sleep(args.settle).await;
+            rss_kib(pid)
+        }
+        None => None,
+    };
     let line = json!({
+        "row": args.row,
+        "repeat": args.repeat,
         "mode": "idle",
         "conns": args.conns,
         "connected": opened.len(),
         "failed": failed,
-        "connect_s": round2(started.elapsed().as_secs_f64()),
+        "connect_s": connect_s,
+        "rss_base_kib": rss_base,
+        "rss_kib": rss,
     });
     print_line(&line.to_string());
     if let Some(e) = first_error {
@@ -930,7 +968,7 @@ mod report {
         idle: Group<'a>,
     }
 
-    pub fn run(args: ReportArgs) -> Result<()> {
+    pub fn run(args: &ReportArgs) -> Result<()> {
         let text = std::fs::read_to_string(&args.raw)
             .with_context(|| format!("cannot read {}", args.raw.display()))?;
         let lines: Vec<Value> = text

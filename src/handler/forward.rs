@@ -140,6 +140,11 @@ impl ForwardSpec {
         }
     }
 
+    /// The fast refusal while the backend is known to be down, through `on_error` (a 503 `api_response` for `api`).
+    pub fn unavailable(&self, req: &Request) -> Reply {
+        self.render_failure(req, &Failure::from(BackendError::Unavailable))
+    }
+
     /// A failure rendered through `on_error`.
     fn render_failure(&self, req: &Request, f: &Failure) -> Reply {
         let ev = ErrorVars {

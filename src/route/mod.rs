@@ -19,7 +19,7 @@ use tracing::Instrument;
 use self::gate::{GateLayer, Refusal};
 use self::metrics::{MetricsLayer, RouteMetrics};
 use crate::backend::Backend;
-use crate::codec::{Outcome, ProtocolError, Reply, Request, error_reply};
+use crate::codec::{ProtocolError, Reply, Request, error_reply};
 use crate::config::{
     ConfigError, ConnectionConfig, DisconnectStep, ForwardConfig, Loaded, ReplyValidation,
     RouteConfig, SignalingAction, SignalingConfig, SignalingDisconnect,
@@ -444,25 +444,9 @@ fn plain_refusal() -> Refusal {
 }
 
 /// A forward route refuses through its own `on_error` template (a 503 `api_response` for `api`).
-fn forward_refusal(spec: &ForwardSpec) -> Refusal {
-    let on_error = spec.on_error.clone();
-    Arc::new(move |req: &Request| {
-        let ev = crate::template::ErrorVars {
-            status: 503,
-            message: "backend unavailable",
-            code: Some("BACKEND_UNAVAILABLE"),
-            detail: None,
-        };
-        let ctx = Ctx {
-            message: Some(&req.msg),
-            connection_id: Some(&req.conn.id),
-            response: None,
-            error: Some(&ev),
-        };
-        let mut out = Vec::with_capacity(128);
-        on_error.render_reply(&ctx, req.request_id.as_ref(), &mut out);
-        Reply::from_json(out, Outcome::Unavailable)
-    })
+fn forward_refusal(spec: &Arc<ForwardSpec>) -> Refusal {
+    let spec = spec.clone();
+    Arc::new(move |req: &Request| spec.unavailable(req))
 }
 
 fn signaling_spec(cfg: &SignalingConfig) -> SignalingSpec {
