@@ -384,7 +384,7 @@ async fn run<S>(
                         match crate::transfer::parse_binary_chunk(&b).filter(|_| binary_uploads) {
                             Some((id, seq, data)) => {
                                 let r = conn.transfers.chunk(&conn, id, seq, data, None).await;
-                                Some(crate::transfer::handler::result_reply(None, r))
+                                Some(crate::transfer::handler::binary_chunk_reply(id, seq, r))
                             }
                             None => Some(error_reply(None, &ProtocolError::BinaryFrame)),
                         }

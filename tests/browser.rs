@@ -1,4 +1,4 @@
-//! Browser end to end: headless Chromium streams its fake camera through the router's example page to mock-scope's WebRTC peer and plays the looped-back video.
+//! Browser end to end: headless Chromium streams its fake camera through the router's example page to mock-scope's WebRTC peer and plays the looped-back video; then moves files through the page's client (chunked uploads, binary and JSON, one resumed after a dropped socket; chunked downloads; the page's upload control).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The whole browser run (launch, load, negotiate, decode, screenshot, close); it takes seconds.
@@ -68,6 +69,52 @@ fn example_routes() -> TempRoutes {
         );
     }
     TempRoutes::new(&text)
+}
+
+/// `transfers.chunk_size` in examples/local/routes.yaml.
+const CHUNK_SIZE: usize = 262_144;
+
+/// The files e2e.mjs uploads: (key in its `transfers` result, file name, size, content seed).
+const UPLOADS: [(&str, &str, usize, u32); 4] = [
+    ("binary", "e2e-binary.bin", 5_000_000, 1),
+    ("json", "e2e-json.bin", 1_500_000, 2),
+    ("resumed", "e2e-resumed.bin", 3_000_000, 3),
+    ("control", "e2e-control.bin", 200_000, 4),
+];
+
+/// What e2e.mjs downloads (mock-scope answers with `pattern(size)`).
+const DOWNLOAD_SIZE: usize = 3_000_000;
+
+/// The content e2e.mjs generates for a test file (its `e2eBytes`): xorshift32 from `seed`, the low
+/// byte of each step.
+fn e2e_bytes(size: usize, seed: u32) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_u32 ^ seed;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x & 0xff) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Output lines of `proc` that contain every needle.
+fn lines_with(proc: &Proc, needles: &[&str]) -> Vec<String> {
+    proc.lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .cloned()
+        .collect()
 }
 
 /// Waits for an output line of `proc` that contains every needle.
@@ -177,6 +224,8 @@ async fn camera_streams_through_the_router_and_the_looped_back_video_plays() {
         "trickled ICE candidates must reach the backend: {by_route:#}"
     );
 
+    check_transfers(&result["transfers"], &conn, &mock, &router).await;
+
     // Closing the page closed the socket, and the router DELETEd the session.
     eventually("the session to be DELETEd after the page closed", || {
         let mock = &mock;
@@ -203,4 +252,160 @@ async fn camera_streams_through_the_router_and_the_looped_back_video_plays() {
         .and_then(|n| n.trim_end_matches(')').parse().ok())
         .unwrap_or_else(|| panic!("no frames_out in {peer_closed:?}"));
     assert!(frames_out > 0, "{peer_closed}");
+}
+
+/// The files the page moved: each upload reached the backend exactly once, complete (size and
+/// sha256 recomputed here from the same generator), through the transfer routes; each download
+/// matched its header and the backend's bytes.
+async fn check_transfers(t: &Value, conn: &str, mock: &Proc, router: &Proc) {
+    let stats = mock_stats(mock).await;
+    let recent = stats["recent"].as_array().expect("stats.recent");
+    for (key, name, size, seed) in UPLOADS {
+        let u = &t[key];
+        let want = sha256_hex(&e2e_bytes(size, seed));
+        assert_eq!(u["name"], name, "{key}: {u:#}");
+        assert_eq!(u["size"], size, "{key}: {u:#}");
+        assert_eq!(
+            u["sha256"], want,
+            "{key}: the page's bytes or sha256 differ: {u:#}"
+        );
+        assert_eq!(u["status"], 200, "{key}: {u:#}");
+        let sent: Vec<&Value> = recent
+            .iter()
+            .filter(|r| {
+                r["method"] == "POST" && r["path"] == format!("/api/v1/assets?filename={name}")
+            })
+            .collect();
+        assert_eq!(
+            sent.len(),
+            1,
+            "{name} must reach the backend exactly once: {sent:#?}"
+        );
+        assert_eq!(sent[0]["body_len"], size, "{name}: {:#}", sent[0]);
+        assert_eq!(sent[0]["body_sha256"], want, "{name}: {:#}", sent[0]);
+        if key == "control" {
+            // The page shows the backend's answer.
+            assert_eq!(u["state"], "done", "{u:#}");
+            assert_eq!(u["sha256"], want, "{u:#}");
+            assert_eq!(u["shownSize"], size, "{u:#}");
+            continue;
+        }
+        assert_eq!(u["data"]["sha256"], want, "{key}: {u:#}");
+        assert_eq!(u["data"]["size_bytes"], size, "{key}: {u:#}");
+        assert_eq!(
+            u["pendingUploads"], 0,
+            "{key}: the client forgets a finished upload"
+        );
+        eprintln!("{name}: {size} bytes uploaded in {} ms", u["ms"]);
+        // Chunked: assembled by the router, which forwarded it as one request.
+        router
+            .wait_for_line_with(&[
+                "upload assembled; forwarding",
+                &format!("bytes={size} "),
+                &format!("filename={name}"),
+            ])
+            .await;
+    }
+    assert_eq!(
+        stats["by_route"]["POST /api/v1/assets"],
+        UPLOADS.len(),
+        "{:#}",
+        stats["by_route"]
+    );
+
+    // The page's connection used the transfer routes. Binary chunks bypass the route table, so
+    // the only upload_chunk messages routed are the JSON upload's chunks, one line each.
+    for route in ["upload_start", "upload_finish"] {
+        router
+            .wait_for_line_with(&[
+                &format!("conn{{id={conn}}}"),
+                &format!("msg{{route={route}}}"),
+                "routed",
+                "result=\"ok\"",
+            ])
+            .await;
+    }
+    let json_chunks = lines_with(router, &["msg{route=upload_chunk}", "routed"]);
+    assert_eq!(
+        json_chunks.len(),
+        UPLOADS[1].2.div_ceil(CHUNK_SIZE),
+        "one routed upload_chunk per JSON chunk, none for binary ones: {json_chunks:#?}"
+    );
+    assert!(
+        json_chunks
+            .iter()
+            .all(|l| l.contains(&format!("conn{{id={conn}}}")) && l.contains("result=\"ok\"")),
+        "{json_chunks:#?}"
+    );
+
+    // The dropped socket: started on one connection, resumed and finished on the next.
+    let r = &t["resumed"];
+    assert_eq!(r["dropped"], true, "{r:#}");
+    assert!(r["resumes"].as_u64().unwrap() >= 1, "{r:#}");
+    let connections: Vec<&str> = r["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(connections.len() >= 2, "{r:#}");
+    let (first, last) = (connections[0], connections[connections.len() - 1]);
+    assert_ne!(first, last, "{r:#}");
+    let upload = r["uploadId"].as_str().unwrap();
+    for (on, needle) in [
+        (first, "upload started"),
+        (last, "upload resumed by a new connection"),
+    ] {
+        router
+            .wait_for_line_with(&[
+                &format!("conn{{id={on}}}"),
+                needle,
+                &format!("upload={upload}"),
+            ])
+            .await;
+    }
+    router
+        .wait_for_line_with(&[
+            &format!("conn{{id={last}}}"),
+            "msg{route=upload_finish}",
+            "upload assembled",
+        ])
+        .await;
+
+    // Downloads: the page checked length and sha256 against the header; both must also be the
+    // backend's bytes. Each was acknowledged to the end.
+    let want = sha256_hex(&pattern(DOWNLOAD_SIZE));
+    for (key, binary) in [("downloadBinary", true), ("downloadJson", false)] {
+        let d = &t[key];
+        assert_eq!(d["length"], DOWNLOAD_SIZE, "{key}: {d:#}");
+        assert_eq!(d["headerLength"], DOWNLOAD_SIZE, "{key}: {d:#}");
+        assert_eq!(d["sha256"], want, "{key}: {d:#}");
+        assert_eq!(d["headerSha256"], want, "{key}: {d:#}");
+        assert_eq!(d["binary"], binary, "{key}: {d:#}");
+        assert_eq!(d["type"], "video/mp4", "{key}: {d:#}");
+        let chunks = DOWNLOAD_SIZE.div_ceil(CHUNK_SIZE);
+        assert_eq!(d["chunks"], chunks, "{key}: {d:#}");
+        assert_eq!(d["progressCalls"], chunks, "{key}: {d:#}");
+        eprintln!("download ({key}): {DOWNLOAD_SIZE} bytes in {} ms", d["ms"]);
+        let id = d["downloadId"].as_str().unwrap();
+        router
+            .wait_for_line_with(&[
+                "download sent",
+                &format!("download={id}"),
+                &format!("chunks={chunks}"),
+            ])
+            .await;
+    }
+    router
+        .wait_for_line_with(&[
+            &format!("conn{{id={conn}}}"),
+            "msg{route=download_ack}",
+            "routed",
+        ])
+        .await;
+    assert_eq!(
+        stats["by_route"]["GET /api/v1/recordings/x"], 2,
+        "{:#}",
+        stats["by_route"]
+    );
 }

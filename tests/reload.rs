@@ -113,6 +113,14 @@ async fn hundred_rewrites_under_load_lose_nothing() {
     }
 
     let mut probe = Ws::connect(&url).await;
+    // A baseline of the workers' rate with no reloads, for the throughput figure below.
+    let base_from = (Instant::now(), answered.load(Ordering::Relaxed));
+    eventually("a baseline second", || async {
+        (base_from.0.elapsed() >= Duration::from_secs(1)).then_some(())
+    })
+    .await;
+    let baseline = (answered.load(Ordering::Relaxed) - base_from.1) as f64 / base_from.0.elapsed().as_secs_f64();
+    let during_from = (Instant::now(), answered.load(Ordering::Relaxed));
     let mut latencies = Vec::new();
     for i in 0..100 {
         let want = if i % 2 == 0 { "B" } else { "A" };
@@ -126,6 +134,7 @@ async fn hundred_rewrites_under_load_lose_nothing() {
         until_variant(&mut probe, want, &format!("probe-{i}")).await;
         latencies.push(written.elapsed());
     }
+    let during = (answered.load(Ordering::Relaxed) - during_from.1) as f64 / during_from.0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let mut sent = 0;
     for w in workers {
@@ -135,8 +144,12 @@ async fn hundred_rewrites_under_load_lose_nothing() {
     assert!(sent > 0);
     latencies.sort();
     eprintln!(
-        "reload latency over 100 writes (debounce {DEBOUNCE}): p50 {:?}, p99 {:?}, max {:?}; {sent} pings answered meanwhile",
-        latencies[49], latencies[98], latencies[99]
+        "reload latency over 100 writes (debounce {DEBOUNCE}): p50 {:?}, p99 {:?}, max {:?}; {sent} pings answered; \
+         4-connection ping rate {baseline:.0}/s without reloads, {during:.0}/s during them ({:.1}%)",
+        latencies[49],
+        latencies[98],
+        latencies[99],
+        100.0 * during / baseline
     );
     let cfg = admin(&r).await;
     assert_eq!(cfg["last_reload_error"], Value::Null);

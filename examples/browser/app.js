@@ -1,4 +1,5 @@
-// app.js: the example page's logic: camera → RTCPeerConnection → Scope (signaled over scope-router's WebSocket) → returned video.
+// app.js: the example page's logic: camera → RTCPeerConnection → Scope (signaled over scope-router's WebSocket) → returned video;
+// and "Upload a file": POST /api/v1/assets?filename=<name> through the socket (chunked and resumable when large).
 //
 // Query parameters:
 //   ?ws=ws://host:port/ws   router WebSocket (default: this page's host, path /ws)
@@ -6,7 +7,7 @@
 //   ?pipeline=passthrough   pipeline loaded before streaming if none is (default passthrough)
 //   ?ice=none               ignore the backend's ICE servers (host candidates only; for local tests)
 
-import { ScopeClient, Status } from "./scope-client.js";
+import { ScopeClient, Status, sha256Hex } from "./scope-client.js";
 
 const params = new URLSearchParams(location.search);
 const wsUrl = params.get("ws") || defaultWsUrl();
@@ -25,6 +26,10 @@ const ui = {
   local: $("local"),
   remote: $("remote"),
   logs: $("logs"),
+  uploadFile: $("upload-file"),
+  uploadStart: $("upload-start"),
+  uploadProgress: $("upload-progress"),
+  uploadResult: $("upload-result"),
 };
 
 const MAX_LOG_LINES = 500;
@@ -32,6 +37,8 @@ const PIPELINE_LOAD_TIMEOUT_MS = 120_000;
 
 /** The current stream, if any. */
 let stream = null;
+/** True while the page's upload runs. */
+let uploading = false;
 
 const client = new ScopeClient(wsUrl, {
   token,
@@ -56,6 +63,8 @@ const client = new ScopeClient(wsUrl, {
 // Exposed for tests and for poking around in the console.
 window.scopeDemo = {
   client,
+  ScopeClient,
+  sha256Hex,
   get pc() {
     return stream?.pc ?? null;
   },
@@ -72,6 +81,8 @@ ui.start.addEventListener("click", () => {
   });
 });
 ui.stop.addEventListener("click", () => stopStream());
+ui.uploadFile.addEventListener("change", () => updateButtons());
+ui.uploadStart.addEventListener("click", () => uploadSelectedFile());
 // Closing the page closes the socket; the router then DELETEs our sessions.
 window.addEventListener("pagehide", () => {
   stopStream();
@@ -188,9 +199,50 @@ async function inboundVideoStats() {
   return null;
 }
 
+/** Uploads the chosen file as an asset and shows the backend's answer (status, sha256, size). */
+async function uploadSelectedFile() {
+  const file = ui.uploadFile.files?.[0];
+  if (!file || uploading) return;
+  uploading = true;
+  updateButtons();
+  const result = ui.uploadResult;
+  const show = (state, text) => {
+    result.dataset.state = state;
+    result.textContent = text;
+  };
+  ui.uploadProgress.hidden = false;
+  ui.uploadProgress.value = 0;
+  for (const k of ["status", "sha256", "size"]) delete result.dataset[k];
+  try {
+    const reply = await client.uploadFile(`/api/v1/assets?filename=${encodeURIComponent(file.name)}`, file, {
+      contentType: file.type || undefined,
+      onProgress: ({ phase, loaded, total, resumes }) => {
+        ui.uploadProgress.value = total ? loaded / total : 1;
+        const pct = total ? Math.floor((100 * loaded) / total) : 100;
+        const resumed = resumes ? `, resumed ${resumes}×` : "";
+        show("busy", `${phase} ${file.name}: ${pct}% of ${total.toLocaleString()} bytes${resumed}`);
+      },
+    });
+    const data = reply.data ?? {};
+    const size = data.size_bytes ?? file.size;
+    result.dataset.status = String(reply.status);
+    result.dataset.sha256 = data.sha256 ?? "";
+    result.dataset.size = String(size);
+    show("done", `${file.name}: status ${reply.status} · sha256 ${data.sha256 ?? "(not reported)"} · ${size.toLocaleString()} bytes`);
+  } catch (e) {
+    if (e.status) result.dataset.status = String(e.status);
+    show("failed", `Upload of ${file.name} failed: ${e.message ?? e}`);
+  } finally {
+    uploading = false;
+    ui.uploadProgress.hidden = true;
+    updateButtons();
+  }
+}
+
 function updateButtons() {
   ui.start.disabled = !client.isOpen || stream !== null;
   ui.stop.disabled = stream === null;
+  ui.uploadStart.disabled = !client.isOpen || uploading || !ui.uploadFile.files?.length;
 }
 
 function setBadge(el, state) {

@@ -8,9 +8,16 @@
 //   const { iceServers } = await client.getIceServers();
 //   const answer = await client.sendOffer(pc.localDescription.sdp, "offer", {});
 //   await client.sendIceCandidate(answer.sessionId, event.candidate);
+//   const reply = await client.uploadFile("/api/v1/assets?filename=clip.mp4", file, { onProgress });
+//   const blob = await client.downloadFile("/api/v1/recordings/abc", { onProgress });
 //
 // Every request carries a fresh `request_id`; its reply (success or error) settles that request's
 // promise, in whatever order replies arrive. `{"type":"error"}` replies reject with the error text.
+//
+// Large files travel in acknowledged chunks (the router's transfer routes): uploads over
+// `chunkedUploadOver` bytes go as upload_start → chunks (binary frames, or base64 JSON) →
+// upload_finish, and resume by themselves when the socket drops and comes back; downloads ask for
+// `_chunked` replies and acknowledge each chunk. Both check the whole file's sha256.
 
 /** Connection states, in the order a healthy connection goes through them. */
 export const Status = Object.freeze({
@@ -25,6 +32,15 @@ export const Status = Object.freeze({
 const FATAL_CODES = new Set(["ACCESS_DENIED", "MAX_DURATION_EXCEEDED"]);
 /** WebSocket close codes that mean "do not come back" (4003: access denied). */
 const FATAL_CLOSE_CODES = new Set([4003]);
+
+/** The code of errors caused by the socket closing (or not being open): the request may be retried. */
+export const DISCONNECTED = "DISCONNECTED";
+/** Error codes of binary upload chunks; those replies carry no request_id (they answer in order). */
+const CHUNK_ERROR_CODES = /^(UPLOAD_|BINARY_NOT_SUPPORTED$|TRANSFER_INVALID$)/;
+/** Binary frame kinds: upload chunk ('U') and download chunk ('D'), each followed by a 32-character id and a big-endian u32 seq. */
+const FRAME_UPLOAD = 0x55;
+const FRAME_DOWNLOAD = 0x44;
+const FRAME_HEADER = 37;
 
 /** A failed request: `message` is the server's error text; `reply` the whole reply, if any. */
 export class ScopeError extends Error {
@@ -43,8 +59,12 @@ const DEFAULTS = {
   requestTimeoutMs: 60_000, // per request unless the call says otherwise
   connectTimeoutMs: 20_000, // connect() gives up after this long
   reconnect: true,
+  maxReconnectAttempts: Infinity, // reconnect attempts in a row before giving up (status "closed")
   backoffInitialMs: 500,
   backoffMaxMs: 15_000,
+  chunkedUploadOver: 1024 * 1024, // uploadFile() uses chunks above this size, one api message below
+  uploadResumeAttempts: 8, // reconnect attempts an interrupted upload waits for (and resumes without progress)
+  uploadResumeTimeoutMs: 60_000, // how long a resumed upload waits for the router to release it from the old connection
   onLogs: null, // (lines: string[]) => void, for {"type":"logs"}
   onStatus: null, // ({status, connectionId, attempt, error}) => void
   onError: null, // (message) => void, for errors that answer no request
@@ -73,6 +93,11 @@ export class ScopeClient extends EventTarget {
     this._pingTimer = null;
     this._retryTimer = null;
     this._readyWaiters = [];
+    /** Chunked uploads in progress, by upload id (kept across reconnects, to resume them). */
+    this.uploads = new Map();
+    this._binaryAcks = new Map(); // "uploadId:seq" -> waiter, for binary chunks on this connection
+    this._binaryQueue = []; // the same waiters, in the order sent (errors answer the oldest)
+    this._downloads = new Map(); // download id -> state, for chunked downloads on this connection
   }
 
   /** Opens the socket (if needed) and resolves with the connection id once `ready` arrives. */
@@ -80,6 +105,7 @@ export class ScopeClient extends EventTarget {
     if (this.status === Status.OPEN) return Promise.resolve(this.connectionId);
     this._closedByUser = false;
     this._fatal = null;
+    if (!this._ws && !this._retryTimer) this._attempt = 0;
     const ready = new Promise((resolve, reject) => {
       const waiter = { resolve, reject, timer: null };
       waiter.timer = setTimeout(() => {
@@ -121,9 +147,9 @@ export class ScopeClient extends EventTarget {
    * Sends `message` with a fresh request_id and resolves with its reply.
    * Rejects on `{"type":"error"}`, on timeout, and when the socket closes first.
    */
-  request(message, { timeoutMs } = {}) {
-    if (this.status !== Status.OPEN || !this._ws) {
-      return Promise.reject(new ScopeError("WebSocket not connected"));
+  request(message, { timeoutMs, _download = null } = {}) {
+    if (this.status !== Status.OPEN || !this._ws || this._ws.readyState !== 1) {
+      return Promise.reject(new ScopeError("WebSocket not connected", { code: DISCONNECTED }));
     }
     const requestId = `req_${++this._seq}_${Math.random().toString(36).slice(2, 8)}`;
     const timeout = timeoutMs ?? this.options.requestTimeoutMs;
@@ -132,7 +158,7 @@ export class ScopeClient extends EventTarget {
         this._pending.delete(requestId);
         reject(new ScopeError(`Request ${message.type} timed out after ${timeout} ms`, { code: "CLIENT_TIMEOUT" }));
       }, timeout);
-      this._pending.set(requestId, { resolve, reject, timer });
+      this._pending.set(requestId, { resolve, reject, timer, download: _download });
       try {
         this._ws.send(JSON.stringify({ ...message, request_id: requestId }));
       } catch (e) {
@@ -149,15 +175,7 @@ export class ScopeClient extends EventTarget {
    */
   async api(method, path, body = null, { timeoutMs } = {}) {
     const reply = await this.request({ type: "api", method, path, body }, { timeoutMs });
-    if (typeof reply.status === "number" && reply.status >= 400) {
-      const detail = reply.error ?? reply.data?.detail ?? reply.data;
-      const text = typeof detail === "string" ? detail : JSON.stringify(detail);
-      throw new ScopeError(`${method} ${path} failed (${reply.status}): ${text}`, {
-        reply,
-        status: reply.status,
-        code: reply.code ?? null,
-      });
-    }
+    throwIfFailed(method, path, reply);
     if (typeof reply._base64_content === "string") {
       return base64ToBlob(reply._base64_content, reply._content_type);
     }
@@ -169,6 +187,209 @@ export class ScopeClient extends EventTarget {
     const content = await blobToBase64(blob);
     const body = { _base64_content: content, _content_type: blob.type || "application/octet-stream" };
     return this.api("POST", path, body, { timeoutMs });
+  }
+
+  /**
+   * Uploads a file to the backend and resolves with the final `api_response` (rejects with a
+   * ScopeError carrying `status` when it is 400 or more).
+   *
+   * `file` is a Blob/File, an ArrayBuffer or a typed array. Up to `chunkedUploadOver` bytes it goes
+   * in one `api` message (`_base64_content`); above, in acknowledged chunks: `upload_start`, chunks
+   * with at most the router's `window` unacknowledged (binary frames, or base64 JSON with
+   * `binary: false`), then `upload_finish`, after which the router checks the sha256 and sends one
+   * request to the backend. When the socket drops mid-upload, the upload waits for the client to
+   * reconnect and resumes where the router says it got to (`upload_status`); it gives up after
+   * `resumeAttempts` reconnect attempts, or when the client is closed.
+   *
+   * `onProgress({ phase, loaded, total, sha256, uploadId, resumes })` is called as chunks are
+   * acknowledged; phase is "hashing", "uploading", "resuming", "finishing" or "done".
+   */
+  async uploadFile(
+    path,
+    file,
+    {
+      contentType,
+      onProgress = null,
+      binary = true,
+      method = "POST",
+      chunkedUploadOver = this.options.chunkedUploadOver,
+      window: maxWindow = Infinity,
+      resumeAttempts = this.options.uploadResumeAttempts,
+      timeoutMs,
+    } = {},
+  ) {
+    if (this.status === Status.IDLE || this.status === Status.CLOSED) {
+      throw new ScopeError("WebSocket not connected", { code: DISCONNECTED });
+    }
+    const source = fileSource(file, contentType);
+    const u = {
+      path,
+      method,
+      size: source.size,
+      contentType: source.type,
+      sha256: null,
+      binary,
+      source,
+      id: null,
+      chunkSize: 0,
+      chunks: 0,
+      window: 0,
+      acked: [],
+      ackedCount: 0,
+      ackedBytes: 0,
+      low: 0, // every chunk below this one is acknowledged
+      finishing: false,
+      resumes: 0,
+      epoch: 0, // bumped on every (re)send pass; late results of an older pass are ignored
+    };
+    const report = (phase, loaded) =>
+      callSafely(onProgress, {
+        phase,
+        loaded,
+        total: u.size,
+        sha256: u.sha256,
+        uploadId: u.id,
+        resumes: u.resumes,
+      });
+
+    report("hashing", 0);
+    let whole = await source.read(0, source.size);
+    u.sha256 = await sha256Hex(whole);
+    if (u.size <= chunkedUploadOver) {
+      report("uploading", 0);
+      const body = { _base64_content: bytesToBase64(whole), _content_type: u.contentType };
+      whole = null;
+      const reply = await this.request({ type: "api", method, path, body }, { timeoutMs });
+      throwIfFailed(method, path, reply);
+      report("done", u.size);
+      return reply;
+    }
+
+    whole = null; // chunks are read from the source as they go
+
+    const start = async () => {
+      const ready = await this.request(
+        { type: "upload_start", method, path, content_type: u.contentType, size: u.size, sha256: u.sha256 },
+        { timeoutMs },
+      );
+      if (u.id) this.uploads.delete(u.id);
+      u.id = ready.upload_id;
+      u.chunkSize = ready.chunk_size;
+      u.chunks = ready.chunks;
+      u.window = Math.max(1, Math.min(ready.window, maxWindow));
+      u.acked = new Array(u.chunks).fill(false);
+      u.ackedCount = 0;
+      u.ackedBytes = 0;
+      u.low = 0;
+      this.uploads.set(u.id, u);
+    };
+
+    let restarted = false;
+    let interrupted = false;
+    let stalls = 0;
+    let ackedAtDrop = -1;
+    try {
+      for (;;) {
+        try {
+          if (interrupted) {
+            report("resuming", u.ackedBytes);
+            await this._waitForReconnect(resumeAttempts, `upload to ${path}`);
+            interrupted = false;
+            const progress = u.id ? await this._uploadProgress(u) : null;
+            if (progress === null) {
+              // The router does not know it: never started, finished, or expired (or the router restarted).
+              if (u.finishing) {
+                throw new ScopeError(
+                  `The connection dropped while the upload to ${path} was being finished; the router no longer knows it, so whether the backend got it is unknown`,
+                  { code: "UPLOAD_OUTCOME_UNKNOWN" },
+                );
+              }
+              if (u.id) {
+                if (restarted) throw new ScopeError(`The router lost the upload to ${path} twice`, { code: "UPLOAD_UNKNOWN" });
+                restarted = true;
+              }
+              await start();
+            } else {
+              u.resumes += 1;
+              this._applyProgress(u, progress);
+            }
+          } else if (!u.id) {
+            await start();
+          }
+          if (u.low < u.chunks) {
+            report("uploading", u.ackedBytes);
+            await this._sendChunks(u, timeoutMs, () => report("uploading", u.ackedBytes));
+          }
+          u.finishing = true;
+          report("finishing", u.size);
+          let reply;
+          try {
+            reply = await this.request(
+              { type: "upload_finish", upload_id: u.id },
+              { timeoutMs: timeoutMs ?? Math.max(this.options.requestTimeoutMs, 120_000) },
+            );
+          } catch (e) {
+            if (e.code === "UPLOAD_FINISHING") {
+              throw new ScopeError(
+                `The upload to ${path} was already being finished on a connection that dropped; whether the backend got it is unknown`,
+                { code: "UPLOAD_OUTCOME_UNKNOWN", reply: e.reply },
+              );
+            }
+            throw e;
+          }
+          throwIfFailed(method, path, reply);
+          report("done", u.size);
+          return reply;
+        } catch (e) {
+          if (e?.code !== DISCONNECTED) throw e;
+          // The socket dropped: resume after the client reconnects, unless drops keep coming with no progress.
+          stalls = u.ackedCount === ackedAtDrop ? stalls + 1 : 0;
+          ackedAtDrop = u.ackedCount;
+          if (stalls > resumeAttempts) {
+            throw new ScopeError(`Upload to ${path} made no progress over ${stalls} reconnects: ${e.message}`, {
+              code: "UPLOAD_INTERRUPTED",
+            });
+          }
+          interrupted = true;
+        }
+      }
+    } finally {
+      if (u.id) this.uploads.delete(u.id);
+    }
+  }
+
+  /**
+   * Downloads `path` (a GET through the socket) as a Blob. Large binary answers come as a header and
+   * numbered chunks (`"_chunked": true`; binary frames unless `binary: false`), each acknowledged with
+   * `download_ack`; the whole is checked against the header's length and sha256. Small answers come
+   * in one message, as the router sends them. Rejects on status 400 or more, on a checksum mismatch,
+   * when the socket closes, and when no chunk arrives for `timeoutMs`.
+   *
+   * `onProgress({ loaded, total, sha256, downloadId, chunks, binary })`: sha256 is the header's.
+   */
+  async downloadFile(path, { onProgress = null, binary = true, timeoutMs } = {}) {
+    const idle = timeoutMs ?? this.options.requestTimeoutMs;
+    const dl = { header: null, parts: [], next: 0, loaded: 0, timer: null, idle, onProgress, resolve: null, reject: null };
+    dl.done = new Promise((resolve, reject) => {
+      dl.resolve = resolve;
+      dl.reject = reject;
+    });
+    dl.done.catch(() => {}); // observed below; never an unhandled rejection
+    const message = { type: "api", method: "GET", path, _chunked: true };
+    if (binary) message._binary = true;
+    const reply = await this.request(message, { timeoutMs, _download: dl });
+    throwIfFailed("GET", path, reply);
+    if (reply._chunked !== true) {
+      // Under the router's threshold (or not binary): the original single-message form.
+      const blob =
+        typeof reply._base64_content === "string"
+          ? base64ToBlob(reply._base64_content, reply._content_type)
+          : new Blob([JSON.stringify(reply.data ?? null)], { type: "application/json" });
+      callSafely(onProgress, { loaded: blob.size, total: blob.size, sha256: null, downloadId: null, chunks: 0, binary: false });
+      return blob;
+    }
+    if (reply.chunks === 0) this._finishDownload(reply.download_id, dl);
+    return dl.done;
   }
 
   /** The backend's ICE servers: `{ iceServers: [...] }`. */
@@ -207,6 +428,261 @@ export class ScopeClient extends EventTarget {
     return performance.now() - started;
   }
 
+  // === chunked transfers ===
+
+  /**
+   * Sends every chunk of `u` not yet acknowledged, never more than `window` past the lowest
+   * unacknowledged one (so the router's window, which starts at its first missing chunk, always
+   * holds, even when acknowledgements come back out of order). Resolves when all are acknowledged;
+   * rejects with the first failure.
+   */
+  _sendChunks(u, timeoutMs, progressed) {
+    const epoch = ++u.epoch;
+    return new Promise((resolve, reject) => {
+      let next = u.low;
+      let failed = false;
+      const pump = () => {
+        if (failed || u.epoch !== epoch) return;
+        while (u.low < u.chunks && u.acked[u.low]) u.low += 1;
+        if (u.low >= u.chunks) {
+          resolve();
+          return;
+        }
+        next = Math.max(next, u.low);
+        while (next < u.chunks && next < u.low + u.window) {
+          const seq = next++;
+          if (u.acked[seq]) continue;
+          this._sendChunk(u, seq, timeoutMs).then(
+            () => {
+              if (u.epoch !== epoch) return;
+              this._markAcked(u, seq);
+              progressed();
+              pump();
+            },
+            (e) => {
+              if (failed || u.epoch !== epoch) return;
+              failed = true;
+              u.epoch += 1; // results still in flight belong to a failed pass
+              reject(e);
+            },
+          );
+        }
+      };
+      pump();
+    });
+  }
+
+  _markAcked(u, seq) {
+    if (u.acked[seq]) return;
+    u.acked[seq] = true;
+    u.ackedCount += 1;
+    u.ackedBytes += Math.min(u.chunkSize, u.size - seq * u.chunkSize);
+  }
+
+  /** Sends one chunk (a binary frame, or base64 JSON) and resolves with its `upload_ack`. */
+  async _sendChunk(u, seq, timeoutMs) {
+    const begin = seq * u.chunkSize;
+    const bytes = await u.source.read(begin, Math.min(u.size, begin + u.chunkSize));
+    if (u.binary) {
+      try {
+        return await this._sendBinaryChunk(u.id, seq, bytes, timeoutMs);
+      } catch (e) {
+        if (e.code !== "BINARY_NOT_SUPPORTED") throw e;
+        u.binary = false; // this router takes JSON chunks only
+      }
+    }
+    const message = { type: "upload_chunk", upload_id: u.id, seq, data: bytesToBase64(bytes) };
+    for (let retry = 0; ; retry++) {
+      try {
+        return await this.request(message, { timeoutMs });
+      } catch (e) {
+        // Text messages share the connection's rate limit; binary frames do not.
+        if (e.code !== "RATE_LIMITED" || retry >= 20) throw e;
+        await new Promise((r) => setTimeout(r, 50 * (retry + 1)));
+      }
+    }
+  }
+
+  /**
+   * A binary chunk frame: 'U', the 32-character upload id, big-endian u32 seq, the bytes. Its
+   * `upload_ack` carries no request_id and is matched by upload_id and seq; an error reply carries
+   * neither, and answers the oldest binary chunk still waiting (the router answers them in order).
+   */
+  _sendBinaryChunk(uploadId, seq, bytes, timeoutMs) {
+    const ws = this._ws;
+    if (this.status !== Status.OPEN || !ws || ws.readyState !== 1) {
+      return Promise.reject(new ScopeError("WebSocket not connected", { code: DISCONNECTED }));
+    }
+    const frame = new Uint8Array(FRAME_HEADER + bytes.length);
+    frame[0] = FRAME_UPLOAD;
+    for (let i = 0; i < 32; i++) frame[1 + i] = uploadId.charCodeAt(i);
+    new DataView(frame.buffer).setUint32(33, seq, false);
+    frame.set(bytes, FRAME_HEADER);
+    const timeout = timeoutMs ?? this.options.requestTimeoutMs;
+    return new Promise((resolve, reject) => {
+      const waiter = { key: `${uploadId}:${seq}`, resolve, reject, timer: null };
+      waiter.timer = setTimeout(() => {
+        this._dropBinaryWaiter(waiter);
+        reject(new ScopeError(`Upload chunk ${seq} not acknowledged within ${timeout} ms`, { code: "CLIENT_TIMEOUT" }));
+      }, timeout);
+      this._binaryAcks.set(waiter.key, waiter);
+      this._binaryQueue.push(waiter);
+      try {
+        ws.send(frame);
+      } catch (e) {
+        clearTimeout(waiter.timer);
+        this._dropBinaryWaiter(waiter);
+        reject(new ScopeError(`Send failed: ${e.message ?? e}`, { code: DISCONNECTED }));
+      }
+    });
+  }
+
+  _dropBinaryWaiter(waiter) {
+    if (this._binaryAcks.get(waiter.key) === waiter) this._binaryAcks.delete(waiter.key);
+    const i = this._binaryQueue.indexOf(waiter);
+    if (i >= 0) this._binaryQueue.splice(i, 1);
+  }
+
+  /** Resolves once the client is open again; rejects when it closes or after `maxAttempts` reconnect attempts. */
+  _waitForReconnect(maxAttempts, what) {
+    // OPEN with a closing socket: the close event (then a reconnect) is still to come.
+    if (this.status === Status.OPEN && this._ws?.readyState === 1) return Promise.resolve();
+    const gaveUp = (why) => new ScopeError(`${what} interrupted: ${why}`, { code: "UPLOAD_INTERRUPTED" });
+    if (this.status === Status.CLOSED) return Promise.reject(gaveUp("the client is closed"));
+    if (this.status === Status.IDLE) return Promise.reject(gaveUp("the client is not connected"));
+    return new Promise((resolve, reject) => {
+      const onStatus = ({ detail }) => {
+        if (detail.status === Status.OPEN) {
+          this.removeEventListener("status", onStatus);
+          resolve();
+        } else if (detail.status === Status.CLOSED) {
+          this.removeEventListener("status", onStatus);
+          reject(gaveUp(detail.error ?? "the client is closed"));
+        } else if (detail.status === Status.RECONNECTING && detail.attempt > maxAttempts) {
+          this.removeEventListener("status", onStatus);
+          reject(gaveUp(`no connection after ${maxAttempts} reconnect attempts`));
+        }
+      };
+      this.addEventListener("status", onStatus);
+    });
+  }
+
+  /**
+   * The router's `upload_progress` for `u`, or null when it does not know the upload. Right after a
+   * drop the router may not have noticed that the old connection is gone (`UPLOAD_NOT_OWNED`): ask
+   * again until `uploadResumeTimeoutMs`.
+   */
+  async _uploadProgress(u) {
+    const deadline = Date.now() + this.options.uploadResumeTimeoutMs;
+    for (;;) {
+      try {
+        return await this.request({ type: "upload_status", upload_id: u.id });
+      } catch (e) {
+        if (e.code === "UPLOAD_UNKNOWN") return null;
+        if (e.code !== "UPLOAD_NOT_OWNED" || Date.now() > deadline) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  /** Everything below the router's `next_seq` has arrived; the rest is sent again (duplicates are harmless). */
+  _applyProgress(u, progress) {
+    const upTo = progress.complete ? u.chunks : Math.min(u.chunks, progress.next_seq ?? 0);
+    for (let seq = 0; seq < upTo; seq++) this._markAcked(u, seq);
+    while (u.low < u.chunks && u.acked[u.low]) u.low += 1;
+  }
+
+  /** A chunk of a chunked download: store it, acknowledge (cumulatively) and finish when all are here. */
+  _onDownloadChunk(id, seq, bytes) {
+    const dl = this._downloads.get(id);
+    if (!dl || !Number.isInteger(seq) || seq < dl.next || dl.parts[seq]) return; // unknown, or a repeat
+    dl.parts[seq] = bytes;
+    dl.loaded += bytes.length;
+    const before = dl.next;
+    while (dl.parts[dl.next]) dl.next += 1;
+    this._armDownloadTimer(id, dl);
+    // Cumulative: acknowledges every chunk up to seq. Chunks come in order, so that is each one.
+    if (dl.next > before) this._sendRaw({ type: "download_ack", download_id: id, seq: dl.next - 1 });
+    const h = dl.header;
+    callSafely(dl.onProgress, {
+      loaded: dl.loaded,
+      total: h._content_length,
+      sha256: h.sha256,
+      downloadId: id,
+      chunks: h.chunks,
+      binary: h.binary === true,
+    });
+    if (dl.next >= h.chunks) this._finishDownload(id, dl);
+  }
+
+  _finishDownload(id, dl) {
+    clearTimeout(dl.timer);
+    this._downloads.delete(id);
+    this._assembleDownload(id, dl).catch((e) => dl.reject(e));
+  }
+
+  async _assembleDownload(id, dl) {
+    const h = dl.header;
+    const bytes = new Uint8Array(dl.loaded);
+    let at = 0;
+    for (const p of dl.parts) {
+      bytes.set(p, at);
+      at += p.length;
+    }
+    dl.parts = [];
+    if (bytes.length !== h._content_length) {
+      dl.reject(new ScopeError(`Download ${id}: got ${bytes.length} bytes, expected ${h._content_length}`, { code: "DOWNLOAD_INCOMPLETE" }));
+      return;
+    }
+    const actual = await sha256Hex(bytes);
+    if (typeof h.sha256 === "string" && actual !== h.sha256.toLowerCase()) {
+      dl.reject(new ScopeError(`Download ${id}: sha256 ${actual}, expected ${h.sha256}`, { code: "DOWNLOAD_CHECKSUM_MISMATCH" }));
+      return;
+    }
+    dl.resolve(new Blob([bytes], { type: h._content_type || "application/octet-stream" }));
+  }
+
+  _armDownloadTimer(id, dl) {
+    clearTimeout(dl.timer);
+    dl.timer = setTimeout(() => {
+      if (this._downloads.get(id) !== dl) return;
+      this._downloads.delete(id);
+      dl.reject(new ScopeError(`Download ${id}: no chunk for ${dl.idle} ms`, { code: "CLIENT_TIMEOUT" }));
+    }, dl.idle);
+  }
+
+  _failDownloads(reason, code) {
+    for (const [, dl] of this._downloads) {
+      clearTimeout(dl.timer);
+      dl.reject(new ScopeError(reason, { code }));
+    }
+    this._downloads.clear();
+  }
+
+  /** Sends a message that expects no reply (no request_id); dropped when the socket is not open. */
+  _sendRaw(message) {
+    try {
+      if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(message));
+    } catch {
+      // The close that follows fails whatever waits on this socket.
+    }
+  }
+
+  _onBinary(data) {
+    const bytes = ArrayBuffer.isView(data)
+      ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+      : data instanceof ArrayBuffer
+        ? new Uint8Array(data)
+        : null;
+    if (!bytes || bytes.length < FRAME_HEADER || bytes[0] !== FRAME_DOWNLOAD) {
+      this._emitError(`Unexpected binary frame from server (${bytes ? bytes.length : "unreadable"} bytes)`);
+      return;
+    }
+    const id = String.fromCharCode(...bytes.subarray(1, 33));
+    const seq = new DataView(bytes.buffer, bytes.byteOffset, FRAME_HEADER).getUint32(33, false);
+    this._onDownloadChunk(id, seq, bytes.subarray(FRAME_HEADER));
+  }
+
   // === connection lifecycle ===
 
   _open() {
@@ -219,8 +695,11 @@ export class ScopeClient extends EventTarget {
       return;
     }
     this._ws = ws;
+    ws.binaryType = "arraybuffer";
     ws.onmessage = (event) => {
-      if (this._ws === ws) this._onMessage(event.data);
+      if (this._ws !== ws) return;
+      if (typeof event.data === "string") this._onMessage(event.data);
+      else this._onBinary(event.data);
     };
     ws.onclose = (event) => {
       if (this._ws !== ws) return;
@@ -259,10 +738,45 @@ export class ScopeClient extends EventTarget {
       return;
     }
 
+    if (msg.type === "download_chunk" && msg.request_id === undefined) {
+      if (typeof msg.data === "string") this._onDownloadChunk(msg.download_id, msg.seq, base64ToBytes(msg.data));
+      return;
+    }
+    if (msg.type === "upload_ack" && msg.request_id === undefined) {
+      // A binary chunk's acknowledgement.
+      const waiter = this._binaryAcks.get(`${msg.upload_id}:${msg.seq}`);
+      if (waiter) {
+        clearTimeout(waiter.timer);
+        this._dropBinaryWaiter(waiter);
+        waiter.resolve(msg);
+      }
+      return;
+    }
+    if (msg.type === "error" && msg.request_id === undefined) {
+      if (this._binaryQueue.length > 0 && CHUNK_ERROR_CODES.test(msg.code ?? "")) {
+        const waiter = this._binaryQueue[0];
+        clearTimeout(waiter.timer);
+        this._dropBinaryWaiter(waiter);
+        waiter.reject(new ScopeError(msg.error ?? "Upload chunk refused", { reply: msg, code: msg.code }));
+        return;
+      }
+      if (msg.code === "DOWNLOAD_ACK_TIMEOUT" && this._downloads.size > 0) {
+        // The error does not say which download: fail every one on this connection.
+        this._failDownloads(msg.error ?? "Download acknowledgement timeout", msg.code);
+        return;
+      }
+    }
+
     const pending = msg.request_id !== undefined ? this._pending.get(msg.request_id) : undefined;
     if (pending) {
       this._pending.delete(msg.request_id);
       clearTimeout(pending.timer);
+      if (pending.download && msg.type === "api_response" && msg._chunked === true && typeof msg.download_id === "string") {
+        // Registered before anyone awaits the header, so no chunk can arrive unclaimed.
+        pending.download.header = msg;
+        this._downloads.set(msg.download_id, pending.download);
+        this._armDownloadTimer(msg.download_id, pending.download);
+      }
       if (msg.type === "error") {
         const text = msg.detail ? `${msg.error}: ${stringify(msg.detail)}` : msg.error;
         pending.reject(new ScopeError(text ?? "Unknown error", { reply: msg, code: msg.code ?? null }));
@@ -306,6 +820,12 @@ export class ScopeClient extends EventTarget {
       this._setStatus(Status.CLOSED, reason);
       return;
     }
+    if (this._attempt >= this.options.maxReconnectAttempts) {
+      const why = `${reason}; gave up after ${this._attempt} reconnect attempts`;
+      this._failWaiters(why);
+      this._setStatus(Status.CLOSED, why);
+      return;
+    }
     const base = Math.min(this.options.backoffMaxMs, this.options.backoffInitialMs * 2 ** this._attempt);
     const delay = Math.round(base * (0.8 + Math.random() * 0.4)); // ±20% jitter
     this._attempt += 1;
@@ -332,12 +852,19 @@ export class ScopeClient extends EventTarget {
     this._pingTimer = null;
   }
 
+  /** Fails everything waiting on this socket: requests, binary chunks and downloads. */
   _failPending(reason) {
     for (const [, p] of this._pending) {
       clearTimeout(p.timer);
-      p.reject(new ScopeError(reason));
+      p.reject(new ScopeError(reason, { code: DISCONNECTED }));
     }
     this._pending.clear();
+    for (const w of this._binaryQueue.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(new ScopeError(reason, { code: DISCONNECTED }));
+    }
+    this._binaryAcks.clear();
+    this._failDownloads(reason, DISCONNECTED);
   }
 
   _failWaiters(reason) {
@@ -387,19 +914,138 @@ function stringify(v) {
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
-function base64ToBlob(b64, type = "application/octet-stream") {
+/** Throws a ScopeError for an api_response whose status is 400 or more. */
+function throwIfFailed(method, path, reply) {
+  if (typeof reply.status === "number" && reply.status >= 400) {
+    const detail = reply.error ?? reply.data?.detail ?? reply.data;
+    const text = typeof detail === "string" ? detail : JSON.stringify(detail);
+    throw new ScopeError(`${method} ${path} failed (${reply.status}): ${text}`, {
+      reply,
+      status: reply.status,
+      code: reply.code ?? null,
+    });
+  }
+}
+
+/** Calls a user callback; its exceptions surface asynchronously instead of aborting a transfer. */
+function callSafely(fn, arg) {
+  if (!fn) return;
+  try {
+    fn(arg);
+  } catch (e) {
+    queueMicrotask(() => {
+      throw e;
+    });
+  }
+}
+
+/** A Blob/File, ArrayBuffer or typed array as `{ size, type, read(begin, end) }` (read resolves to a Uint8Array). */
+function fileSource(file, contentType) {
+  if (typeof Blob !== "undefined" && file instanceof Blob) {
+    return {
+      size: file.size,
+      type: contentType || file.type || "application/octet-stream",
+      read: async (begin, end) => new Uint8Array(await file.slice(begin, end).arrayBuffer()),
+    };
+  }
+  let bytes;
+  if (file instanceof ArrayBuffer) bytes = new Uint8Array(file);
+  else if (ArrayBuffer.isView(file)) bytes = new Uint8Array(file.buffer, file.byteOffset, file.byteLength);
+  else throw new TypeError("uploadFile() takes a Blob, a File, an ArrayBuffer or a typed array");
+  return {
+    size: bytes.length,
+    type: contentType || "application/octet-stream",
+    read: (begin, end) => bytes.subarray(begin, end),
+  };
+}
+
+function base64ToBytes(b64) {
   const bin = atob(b64);
   const bytes = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-  return new Blob([bytes], { type });
+  return bytes;
 }
 
-async function blobToBase64(blob) {
-  const bytes = new Uint8Array(await blob.arrayBuffer());
+function base64ToBlob(b64, type = "application/octet-stream") {
+  return new Blob([base64ToBytes(b64)], { type });
+}
+
+function bytesToBase64(bytes) {
   let bin = "";
   const chunk = 0x8000;
   for (let i = 0; i < bytes.length; i += chunk) {
     bin += String.fromCharCode.apply(null, bytes.subarray(i, i + chunk));
   }
   return btoa(bin);
+}
+
+async function blobToBase64(blob) {
+  return bytesToBase64(new Uint8Array(await blob.arrayBuffer()));
+}
+
+/** Lowercase hex sha256 of `bytes` (a Uint8Array): WebCrypto where there is one, else the JS below. */
+export async function sha256Hex(bytes) {
+  const subtle = globalThis.crypto?.subtle;
+  const digest = subtle ? new Uint8Array(await subtle.digest("SHA-256", bytes)) : sha256Js(bytes);
+  let hex = "";
+  for (const b of digest) hex += b.toString(16).padStart(2, "0");
+  return hex;
+}
+
+// SHA-256 (FIPS 180-4) for pages without WebCrypto: `crypto.subtle` exists only in secure contexts
+// (https, or http on localhost), and the router may serve this page over plain http on a LAN address.
+const K256 = new Uint32Array([
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01,
+  0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc,
+  0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+  0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08,
+  0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+  0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+]);
+
+function sha256Js(data) {
+  const h = new Uint32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
+  const w = new Uint32Array(64);
+  const bits = data.length * 8;
+  const padded = new Uint8Array(Math.ceil((data.length + 9) / 64) * 64);
+  padded.set(data);
+  padded[data.length] = 0x80;
+  const view = new DataView(padded.buffer);
+  view.setUint32(padded.length - 8, Math.floor(bits / 2 ** 32), false);
+  view.setUint32(padded.length - 4, bits >>> 0, false);
+  const rotr = (x, n) => (x >>> n) | (x << (32 - n));
+  for (let at = 0; at < padded.length; at += 64) {
+    for (let i = 0; i < 16; i++) w[i] = view.getUint32(at + i * 4, false);
+    for (let i = 16; i < 64; i++) {
+      const s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >>> 3);
+      const s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >>> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    let [a, b, c, d, e, f, g, hh] = h;
+    for (let i = 0; i < 64; i++) {
+      const t1 = (hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i]) >>> 0;
+      const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) >>> 0;
+      hh = g;
+      g = f;
+      f = e;
+      e = (d + t1) >>> 0;
+      d = c;
+      c = b;
+      b = a;
+      a = (t1 + t2) >>> 0;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+    h[5] += f;
+    h[6] += g;
+    h[7] += hh;
+  }
+  const out = new Uint8Array(32);
+  const outView = new DataView(out.buffer);
+  for (let i = 0; i < 8; i++) outView.setUint32(i * 4, h[i], false);
+  return out;
 }

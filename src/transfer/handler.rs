@@ -43,6 +43,19 @@ pub fn result_reply(request_id: Option<&Value>, r: Result<Value, TransferError>)
     }
 }
 
+/// The answer to a chunk that came in a binary frame: errors name the upload and chunk, since
+/// there is no request_id to match them by.
+pub fn binary_chunk_reply(upload_id: &str, seq: u64, r: Result<Value, TransferError>) -> Reply {
+    match r {
+        Ok(_) => result_reply(None, r),
+        Err(e) => {
+            let v = serde_json::json!({"type": "error", "error": e.to_string(), "code": e.code(),
+                                       "upload_id": upload_id, "seq": seq});
+            Reply::from_json(serde_json::to_vec(&v).unwrap_or_default(), Outcome::Rejected)
+        }
+    }
+}
+
 fn str_field<'a>(msg: &'a Value, k: &str) -> Result<&'a str, TransferError> {
     msg.get(k)
         .and_then(Value::as_str)

@@ -451,7 +451,9 @@ pub fn start_download(
         o.insert("request_id".to_owned(), rid);
     }
     let state = conn.add_download(&id);
-    tokio::spawn(async move {
+    // The pump's log lines keep the connection's (and message's) span.
+    let span = tracing::Span::current();
+    let pump = async move {
         let window = u64::from(cfg.window.max(1));
         if tx.send(Outbound::Text(header.to_string())).await.is_err() {
             return;
@@ -464,8 +466,9 @@ pub fn start_download(
                 }
                 if tokio::time::timeout(cfg.ack_timeout.0, notified).await.is_err() {
                     tracing::warn!(download = %id, seq, "download not acknowledged in time; dropped");
-                    let err = crate::codec::error_json(None, "Download acknowledgement timeout", Some("DOWNLOAD_ACK_TIMEOUT"), None);
-                    let _ = tx.send(Outbound::Text(String::from_utf8_lossy(&err).into_owned())).await;
+                    let err = json!({"type": "error", "error": "Download acknowledgement timeout",
+                                     "code": "DOWNLOAD_ACK_TIMEOUT", "download_id": id});
+                    let _ = tx.send(Outbound::Text(err.to_string())).await;
                     conn.remove_download(&id);
                     return;
                 }
@@ -501,7 +504,8 @@ pub fn start_download(
         .await;
         conn.remove_download(&id);
         tracing::info!(download = %id, chunks, "download sent");
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(pump, span));
     true
 }
 

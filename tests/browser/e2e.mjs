@@ -1,9 +1,10 @@
-// e2e.mjs: drives headless Chromium (Debian's, never a downloaded one) through examples/browser: Start, wait for the returned video to decode, screenshot, close.
+// e2e.mjs: drives headless Chromium (Debian's, never a downloaded one) through examples/browser: Start, wait for the returned video to decode, screenshot; then files through the page's client (chunked uploads, binary and JSON, one resumed after a dropped socket; chunked downloads; the page's upload control); close.
 //
 //   node tests/browser/e2e.mjs <page-url> [--screenshot PATH] [--timeout-ms N]
 //
-// Prints one JSON line: {"ok":true,"connectionId",...,"framesDecoded","videoWidth",...} or
-// {"ok":false,"error",...}, and exits 0 or 1. Used by tests/browser.rs; runnable by hand too.
+// Prints one JSON line: {"ok":true,"connectionId",...,"framesDecoded","videoWidth",...,"transfers":{...}}
+// or {"ok":false,"error",...}, and exits 0 or 1. Used by tests/browser.rs, which checks the
+// transfers against mock-scope's records; runnable by hand too.
 
 import { mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -98,6 +99,9 @@ try {
   }
   Object.assign(result, playing);
 
+  result.transfers = await transfers(page);
+
+  // The video still plays, and the upload control shows its result.
   await page.screenshot({ path: screenshot });
   result.screenshot = screenshot;
 
@@ -107,6 +111,148 @@ try {
   await finish({});
 } catch (e) {
   await finish({ error: String(e?.message ?? e).split("\n")[0] });
+}
+
+/**
+ * Files through the page's client while the video plays. Every upload's content is the same
+ * deterministic generator as `e2e_bytes` in tests/browser.rs (xorshift32, one seed per file), which
+ * recomputes the sha256 the backend must have received. Returns what each step saw; throws on the
+ * first failure.
+ */
+async function transfers(page) {
+  await page.evaluate(installHelpers, e2eBytes.toString());
+  const out = {};
+
+  // 1. 5 MB (not a multiple of the chunk size) in binary chunks, on the page's own connection.
+  out.binary = await page.evaluate(uploadInPage, { name: "e2e-binary.bin", size: 5_000_000, seed: 1, binary: true });
+  // 2. The same route with base64 JSON chunks.
+  out.json = await page.evaluate(uploadInPage, { name: "e2e-json.bin", size: 1_500_000, seed: 2, binary: false });
+  // 3. On a second client: the socket is dropped after a few acknowledged chunks; the client
+  //    reconnects and the upload resumes from where the router says it got to.
+  out.resumed = await page.evaluate(uploadInPage, { name: "e2e-resumed.bin", size: 3_000_000, seed: 3, binary: true, dropAfterChunks: 4 });
+
+  // 4. Chunked downloads, binary frames and base64 JSON chunks, checked in the page against the header.
+  for (const binary of [true, false]) {
+    out[binary ? "downloadBinary" : "downloadJson"] = await page.evaluate(downloadInPage, {
+      path: "/api/v1/recordings/x?size=3000000",
+      binary,
+    });
+  }
+
+  // 5. The page's "Upload a file" control, with a small file (one api message).
+  const name = "e2e-control.bin";
+  const size = 200_000;
+  await page.setInputFiles("#upload-file", { name, mimeType: "application/octet-stream", buffer: Buffer.from(e2eBytes(size, 4)) });
+  await page.click("#upload-start");
+  await page.waitForSelector('#upload-result[data-state="done"], #upload-result[data-state="failed"]', { timeout: 20_000 });
+  const shown = await page.$eval("#upload-result", (el) => ({
+    state: el.dataset.state,
+    text: el.textContent,
+    status: Number(el.dataset.status),
+    sha256: el.dataset.sha256,
+    shownSize: Number(el.dataset.size),
+  }));
+  if (shown.state !== "done") throw new Error(`the upload control failed: ${shown.text}`);
+  out.control = { name, size, seed: 4, ...shown };
+  return out;
+}
+
+/** The deterministic content of a test file: xorshift32 from `seed`, the low byte of each step. */
+function e2eBytes(size, seed) {
+  const bytes = new Uint8Array(size);
+  let x = (0x9e3779b9 ^ seed) >>> 0;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    bytes[i] = x & 0xff;
+  }
+  return bytes;
+}
+
+// Runs in the page (serialized by page.evaluate, so self-contained).
+function installHelpers(source) {
+  window.e2eBytes = new Function(`return (${source})`)();
+}
+
+async function uploadInPage({ name, size, seed, binary, dropAfterChunks = 0 }) {
+  const { client, ScopeClient, sha256Hex } = window.scopeDemo;
+  // A dropped socket is tested on a client of its own, so the page's stream is left alone.
+  const c = dropAfterChunks ? new ScopeClient(client.url, { backoffInitialMs: 100, pingIntervalMs: 0 }) : client;
+  if (c !== client) await c.connect();
+  const connections = [c.connectionId];
+  c.addEventListener("status", ({ detail }) => {
+    if (detail.status === "open") connections.push(detail.connectionId);
+  });
+  const bytes = window.e2eBytes(size, seed);
+  const sha256 = await sha256Hex(bytes);
+  const phases = new Set();
+  let last = null;
+  let dropped = false;
+  const started = performance.now();
+  try {
+    const reply = await c.uploadFile(`/api/v1/assets?filename=${name}`, bytes, {
+      binary,
+      contentType: "application/octet-stream",
+      onProgress: (p) => {
+        phases.add(p.phase);
+        last = p;
+        if (dropAfterChunks && !dropped && p.phase === "uploading" && p.loaded >= dropAfterChunks * 262_144) {
+          dropped = true;
+          c._ws.close(3000, "e2e: socket dropped mid-upload");
+        }
+      },
+    });
+    return {
+      name,
+      size,
+      seed,
+      binary,
+      sha256,
+      ms: Math.round(performance.now() - started),
+      status: reply.status,
+      data: reply.data,
+      uploadId: last?.uploadId ?? null,
+      resumes: last?.resumes ?? 0,
+      phases: [...phases],
+      dropped,
+      connections,
+      pendingUploads: c.uploads.size,
+    };
+  } finally {
+    if (c !== client) c.close();
+  }
+}
+
+async function downloadInPage({ path, binary }) {
+  const { client, sha256Hex } = window.scopeDemo;
+  let last = null;
+  let progressCalls = 0;
+  const started = performance.now();
+  const blob = await client.downloadFile(path, {
+    binary,
+    onProgress: (p) => {
+      progressCalls += 1;
+      last = p;
+    },
+  });
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  const sha256 = await sha256Hex(bytes);
+  if (bytes.length !== last.total) throw new Error(`download: ${bytes.length} bytes, header says ${last.total}`);
+  if (sha256 !== last.sha256) throw new Error(`download: sha256 ${sha256}, header says ${last.sha256}`);
+  return {
+    ms: Math.round(performance.now() - started),
+    length: bytes.length,
+    sha256,
+    headerLength: last.total,
+    headerSha256: last.sha256,
+    downloadId: last.downloadId,
+    chunks: last.chunks,
+    binary: last.binary,
+    progressCalls,
+    type: blob.type,
+  };
 }
 
 async function finish(extra) {
