@@ -182,6 +182,11 @@ impl Template {
                     key.push(':');
                     fields.push((key.into_boxed_str(), Template::compile(v, scope)?));
                 }
+                // Not folded: `render_reply` drops the template's own `request_id` for the
+                // client's only on the `Object` form (a folded one would send it twice).
+                if map.contains_key("request_id") {
+                    return Ok(Template::Object(fields.into_boxed_slice()));
+                }
                 Template::Object(fields.into_boxed_slice())
             }
             Value::Array(items) => Template::Array(
@@ -573,10 +578,54 @@ fn push_text(v: &Val<'_>, s: &mut String) {
 /// Writes a backend body: verbatim when it is valid JSON, else as a JSON string of its text.
 pub fn write_body(body: &[u8], out: &mut Vec<u8>) {
     let trimmed = body.trim_ascii();
-    if !trimmed.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok() {
+    if !trimmed.is_empty() && serde_json::from_slice::<StrictJson>(trimmed).is_ok() {
         out.extend_from_slice(trimmed);
     } else {
         write_json_str(&String::from_utf8_lossy(body), out);
+    }
+}
+
+/// Accepts exactly the documents `serde_json::Value` accepts (UTF-8 strings, paired
+/// surrogates, finite numbers) without building one. `IgnoredAny` is laxer: it skips
+/// strings and numbers unchecked, so `"\xff"`, `"\ud800"` or `1e400` would pass verbatim.
+struct StrictJson;
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictJson)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictJson {
+    type Value = StrictJson;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_unit<E>(self) -> Result<StrictJson, E> {
+        Ok(StrictJson)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<StrictJson, A::Error> {
+        while seq.next_element::<StrictJson>()?.is_some() {}
+        Ok(StrictJson)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictJson, A::Error> {
+        while map.next_entry::<StrictJson, StrictJson>()?.is_some() {}
+        Ok(StrictJson)
     }
 }
 
@@ -743,6 +792,41 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"request_id":7,"type":"t","x":1}"#
         );
+    }
+
+    /// Found by `cargo fuzz run template`: a backend body that `IgnoredAny` accepts but that is
+    /// not JSON (bad UTF-8 in a string, a lone surrogate, an out-of-range number) was copied verbatim.
+    #[test]
+    fn response_json_is_always_valid_json() {
+        let t = Template::compile(&json!({"d": "${response.json}"}), all()).unwrap();
+        let bodies: [&[u8]; 5] = [b"\"\xff\"", b"\"\\ud800\"", b"1e400", b"{\"a\":[-1e999]}", b"{\"\xc3\":1}"];
+        for body in bodies {
+            let r = ResponseVars { status: 200, body, content_type: "application/json", parsed: None };
+            let ctx = Ctx { response: Some(&r), ..Default::default() };
+            let mut out = Vec::new();
+            t.render(&ctx, &mut out);
+            let v: Value = serde_json::from_slice(&out)
+                .unwrap_or_else(|e| panic!("{:?} rendered as invalid JSON ({e}): {:?}", String::from_utf8_lossy(body), String::from_utf8_lossy(&out)));
+            assert!(v["d"].is_string(), "{v}");
+        }
+        // Valid JSON still passes through verbatim.
+        let r = ResponseVars { status: 200, body: b" {\"a\": [1, \"\\ud83d\\ude00\", 1e300]} ", content_type: "", parsed: None };
+        let mut out = Vec::new();
+        t.render(&Ctx { response: Some(&r), ..Default::default() }, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"d":{"a": [1, "\ud83d\ude00", 1e300]}}"#);
+    }
+
+    /// Found by `cargo fuzz run template`: a constant reply template with its own `request_id`
+    /// was folded, and `render_reply` then sent `request_id` twice (the template's won in most parsers).
+    #[test]
+    fn constant_template_request_id_is_replaced_not_duplicated() {
+        let t = Template::compile(&json!({"type": "pong", "request_id": "fixed"}), all()).unwrap();
+        let mut out = Vec::new();
+        t.render_reply(&Ctx::default(), Some(&json!("r1")), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"request_id":"r1","type":"pong"}"#);
+        let mut out = Vec::new();
+        t.render_reply(&Ctx::default(), None, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"request_id":"fixed","type":"pong"}"#);
     }
 
     #[test]
