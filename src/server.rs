@@ -100,6 +100,9 @@ impl AppState {
     }
 }
 
+/// Initial read buffer of a WebSocket; tungstenite's default is 128 KiB per connection.
+const READ_BUFFER: usize = 8 * 1024;
+
 /// Builds the HTTP app.
 pub fn app(state: Arc<AppState>) -> Router {
     let static_dir = {
@@ -141,6 +144,9 @@ async fn ws(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        // Small buffers (they grow for big messages): an idle connection costs a few KiB, not 256.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let authorization = headers
                 .get(header::AUTHORIZATION)

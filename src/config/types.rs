@@ -274,7 +274,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            max_idle: 256,
+            max_idle: 1024,
             idle_timeout: Dur::secs(90),
             max_response_bytes: 256 * 1024 * 1024,
         }
