@@ -15,7 +15,8 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::PoolConfig;
 
 /// A streamed request body (an assembled upload read from disk).
-pub type BodyStream = futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>;
+pub type BodyStream =
+    futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>;
 
 /// Request bodies of the backend pool: whole bytes, or a stream (large uploads), in one pool.
 pub type ReqBody = http_body_util::Either<Full<Bytes>, http_body_util::StreamBody<BodyStream>>;
@@ -180,7 +181,9 @@ impl Backend {
             .uri(uri)
             .header(header::CONTENT_TYPE, content_type)
             .header(header::CONTENT_LENGTH, content_length)
-            .body(http_body_util::Either::Right(http_body_util::StreamBody::new(body)))
+            .body(http_body_util::Either::Right(
+                http_body_util::StreamBody::new(body),
+            ))
             .map_err(|e| BackendError::BadRequest(e.to_string()))?;
         let limit = self.max_response_bytes.load(Ordering::Relaxed);
         exchange(&self.client, req, limit, timeout).await

@@ -77,7 +77,11 @@ pub fn cases(table: &RouteTable) -> Vec<Case> {
         let signaling = route.kind == "signaling";
         // A message that only makes sense inside a transfer (it names an upload id) has no
         // standalone valid case; its invalid examples still run.
-        let stateful = schema.source.get("x-contract-stateful").and_then(Value::as_bool) == Some(true);
+        let stateful = schema
+            .source
+            .get("x-contract-stateful")
+            .and_then(Value::as_bool)
+            == Some(true);
         for (i, ex) in schema.examples().iter().enumerate().filter(|_| !stateful) {
             let mutating = signaling || is_mutating_api(ex);
             out.push(Case {

@@ -46,11 +46,19 @@ impl std::fmt::Debug for ConnCtx {
 impl ConnCtx {
     /// A connection with a registry of its own (tests and tools).
     pub fn new(id: impl Into<Box<str>>) -> Self {
-        Self::with(id, crate::transfer::Transfers::new(Default::default()), None)
+        Self::with(
+            id,
+            crate::transfer::Transfers::new(Default::default()),
+            None,
+        )
     }
 
     /// A connection of a serving router.
-    pub fn with(id: impl Into<Box<str>>, transfers: Arc<crate::transfer::Transfers>, token: Option<&str>) -> Self {
+    pub fn with(
+        id: impl Into<Box<str>>,
+        transfers: Arc<crate::transfer::Transfers>,
+        token: Option<&str>,
+    ) -> Self {
         use sha2::Digest;
         Self {
             id: id.into(),
@@ -66,8 +74,13 @@ impl ConnCtx {
         self.push.get().cloned()
     }
 
-    fn downloads(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<crate::transfer::Download>>> {
-        self.downloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn downloads(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<crate::transfer::Download>>>
+    {
+        self.downloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn add_download(&self, id: &str) -> Arc<crate::transfer::Download> {

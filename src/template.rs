@@ -799,21 +799,54 @@ mod tests {
     #[test]
     fn response_json_is_always_valid_json() {
         let t = Template::compile(&json!({"d": "${response.json}"}), all()).unwrap();
-        let bodies: [&[u8]; 5] = [b"\"\xff\"", b"\"\\ud800\"", b"1e400", b"{\"a\":[-1e999]}", b"{\"\xc3\":1}"];
+        let bodies: [&[u8]; 5] = [
+            b"\"\xff\"",
+            b"\"\\ud800\"",
+            b"1e400",
+            b"{\"a\":[-1e999]}",
+            b"{\"\xc3\":1}",
+        ];
         for body in bodies {
-            let r = ResponseVars { status: 200, body, content_type: "application/json", parsed: None };
-            let ctx = Ctx { response: Some(&r), ..Default::default() };
+            let r = ResponseVars {
+                status: 200,
+                body,
+                content_type: "application/json",
+                parsed: None,
+            };
+            let ctx = Ctx {
+                response: Some(&r),
+                ..Default::default()
+            };
             let mut out = Vec::new();
             t.render(&ctx, &mut out);
-            let v: Value = serde_json::from_slice(&out)
-                .unwrap_or_else(|e| panic!("{:?} rendered as invalid JSON ({e}): {:?}", String::from_utf8_lossy(body), String::from_utf8_lossy(&out)));
+            let v: Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
+                panic!(
+                    "{:?} rendered as invalid JSON ({e}): {:?}",
+                    String::from_utf8_lossy(body),
+                    String::from_utf8_lossy(&out)
+                )
+            });
             assert!(v["d"].is_string(), "{v}");
         }
         // Valid JSON still passes through verbatim.
-        let r = ResponseVars { status: 200, body: b" {\"a\": [1, \"\\ud83d\\ude00\", 1e300]} ", content_type: "", parsed: None };
+        let r = ResponseVars {
+            status: 200,
+            body: b" {\"a\": [1, \"\\ud83d\\ude00\", 1e300]} ",
+            content_type: "",
+            parsed: None,
+        };
         let mut out = Vec::new();
-        t.render(&Ctx { response: Some(&r), ..Default::default() }, &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"d":{"a": [1, "\ud83d\ude00", 1e300]}}"#);
+        t.render(
+            &Ctx {
+                response: Some(&r),
+                ..Default::default()
+            },
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"d":{"a": [1, "\ud83d\ude00", 1e300]}}"#
+        );
     }
 
     /// Found by `cargo fuzz run template`: a constant reply template with its own `request_id`
@@ -823,10 +856,16 @@ mod tests {
         let t = Template::compile(&json!({"type": "pong", "request_id": "fixed"}), all()).unwrap();
         let mut out = Vec::new();
         t.render_reply(&Ctx::default(), Some(&json!("r1")), &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"request_id":"r1","type":"pong"}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"request_id":"r1","type":"pong"}"#
+        );
         let mut out = Vec::new();
         t.render_reply(&Ctx::default(), None, &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"request_id":"fixed","type":"pong"}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"request_id":"fixed","type":"pong"}"#
+        );
     }
 
     #[test]

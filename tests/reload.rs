@@ -119,7 +119,8 @@ async fn hundred_rewrites_under_load_lose_nothing() {
         (base_from.0.elapsed() >= Duration::from_secs(1)).then_some(())
     })
     .await;
-    let baseline = (answered.load(Ordering::Relaxed) - base_from.1) as f64 / base_from.0.elapsed().as_secs_f64();
+    let baseline = (answered.load(Ordering::Relaxed) - base_from.1) as f64
+        / base_from.0.elapsed().as_secs_f64();
     let during_from = (Instant::now(), answered.load(Ordering::Relaxed));
     let mut latencies = Vec::new();
     for i in 0..100 {
@@ -134,7 +135,8 @@ async fn hundred_rewrites_under_load_lose_nothing() {
         until_variant(&mut probe, want, &format!("probe-{i}")).await;
         latencies.push(written.elapsed());
     }
-    let during = (answered.load(Ordering::Relaxed) - during_from.1) as f64 / during_from.0.elapsed().as_secs_f64();
+    let during = (answered.load(Ordering::Relaxed) - during_from.1) as f64
+        / during_from.0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let mut sent = 0;
     for w in workers {

@@ -37,8 +37,10 @@ fn routes_with_transfers(dir: &Path, transfers: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
     let start = text.find("transfers:\n").unwrap();
     let end = start + text[start..].find("\n\n").unwrap();
-    let text = format!("{}transfers: {transfers}{}", &text[..start], &text[end..])
-        .replace("schemas: schemas", &format!("schemas: {}", repo().join("schemas").display()));
+    let text = format!("{}transfers: {transfers}{}", &text[..start], &text[end..]).replace(
+        "schemas: schemas",
+        &format!("schemas: {}", repo().join("schemas").display()),
+    );
     let p = dir.join("routes.yaml");
     std::fs::write(&p, text).unwrap();
     p
@@ -57,7 +59,13 @@ async fn start_upload(ws: &mut Ws, rid: &str, data: &[u8], filename: &str) -> Va
 }
 
 /// Sends chunks `range` of `data` with at most `window` unacknowledged, as JSON or binary frames.
-async fn send_chunks(ws: &mut Ws, ready: &Value, data: &[u8], range: std::ops::Range<u64>, binary: bool) {
+async fn send_chunks(
+    ws: &mut Ws,
+    ready: &Value,
+    data: &[u8],
+    range: std::ops::Range<u64>,
+    binary: bool,
+) {
     let id = ready["upload_id"].as_str().unwrap().to_owned();
     let chunk = ready["chunk_size"].as_u64().unwrap() as usize;
     let window = ready["window"].as_u64().unwrap();
@@ -102,8 +110,13 @@ async fn receive_download(ws: &mut Ws, header: &Value) -> Vec<u8> {
         let m = ws.recv().await;
         assert_eq!(m["type"], "download_chunk", "{m}");
         assert_eq!(m["seq"], seq, "chunks arrive in order");
-        out.extend(base64::engine::general_purpose::STANDARD.decode(m["data"].as_str().unwrap()).unwrap());
-        ws.send(&json!({"type": "download_ack", "download_id": id, "seq": seq})).await;
+        out.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(m["data"].as_str().unwrap())
+                .unwrap(),
+        );
+        ws.send(&json!({"type": "download_ack", "download_id": id, "seq": seq}))
+            .await;
     }
     out
 }
@@ -122,7 +135,12 @@ async fn fifty_megabytes_up_and_down_with_matching_sha256_and_bounded_memory() {
     let ready = start_upload(&mut ws, "start", &data, "big.mp4").await;
     assert_eq!(ready["chunks"], 200);
     send_chunks(&mut ws, &ready, &data, 0..200, false).await;
-    let done = ws.call("fin", json!({"type": "upload_finish", "upload_id": ready["upload_id"]})).await;
+    let done = ws
+        .call(
+            "fin",
+            json!({"type": "upload_finish", "upload_id": ready["upload_id"]}),
+        )
+        .await;
     assert_eq!(done["type"], "api_response", "{done}");
     assert_eq!(done["status"], 200, "{done}");
     assert_eq!(done["data"]["sha256"], hex(&Sha256::digest(&data)));
@@ -139,11 +157,20 @@ async fn fifty_megabytes_up_and_down_with_matching_sha256_and_bounded_memory() {
     assert_eq!(header["_content_type"], "video/mp4");
     let got = receive_download(&mut ws, &header).await;
     assert_eq!(got.len(), size);
-    assert_eq!(hex(&Sha256::digest(&got)), header["sha256"].as_str().unwrap());
-    assert!(got == pattern(size), "downloaded bytes differ from the backend's");
+    assert_eq!(
+        hex(&Sha256::digest(&got)),
+        header["sha256"].as_str().unwrap()
+    );
+    assert!(
+        got == pattern(size),
+        "downloaded bytes differ from the backend's"
+    );
 
     let peak = peak_rss_kib(r.child.id());
-    eprintln!("router peak RSS over a 50 MiB upload and a 50 MiB download: {} MiB", peak / 1024);
+    eprintln!(
+        "router peak RSS over a 50 MiB upload and a 50 MiB download: {} MiB",
+        peak / 1024
+    );
     // The upload is assembled on disk and streamed; the download is held once. Generous bound.
     assert!(peak < 400 * 1024, "router peak RSS {peak} KiB");
     // Exactly one backend request for the upload.
@@ -160,9 +187,17 @@ async fn small_binaries_keep_the_single_message_form() {
         .call("s", json!({"type": "api", "method": "GET", "path": "/api/v1/recordings/x?size=1000", "_chunked": true}))
         .await;
     assert_eq!(v["_content_length"], 1000);
-    assert!(v["_base64_content"].is_string() && v.get("_chunked").is_none(), "{v}");
+    assert!(
+        v["_base64_content"].is_string() && v.get("_chunked").is_none(),
+        "{v}"
+    );
     // Over it, but not asked for: the original form.
-    let v = ws.call("b", json!({"type": "api", "method": "GET", "path": "/api/v1/recordings/x?size=3000000"})).await;
+    let v = ws
+        .call(
+            "b",
+            json!({"type": "api", "method": "GET", "path": "/api/v1/recordings/x?size=3000000"}),
+        )
+        .await;
     assert!(v["_base64_content"].is_string() && v.get("_chunked").is_none());
 }
 
@@ -174,8 +209,17 @@ async fn binary_frames_carry_chunks_both_ways() {
     let ready = start_upload(&mut ws, "start", &data, "bin.mp4").await;
     let chunks = ready["chunks"].as_u64().unwrap();
     send_chunks(&mut ws, &ready, &data, 0..chunks, true).await;
-    let done = ws.call("fin", json!({"type": "upload_finish", "upload_id": ready["upload_id"]})).await;
-    assert_eq!(done["data"]["sha256"], hex(&Sha256::digest(&data)), "{done}");
+    let done = ws
+        .call(
+            "fin",
+            json!({"type": "upload_finish", "upload_id": ready["upload_id"]}),
+        )
+        .await;
+    assert_eq!(
+        done["data"]["sha256"],
+        hex(&Sha256::digest(&data)),
+        "{done}"
+    );
 
     let size = 3_000_000;
     let header = ws
@@ -186,7 +230,12 @@ async fn binary_frames_carry_chunks_both_ways() {
     let mut got = Vec::new();
     for seq in 0..header["chunks"].as_u64().unwrap() {
         let frame = loop {
-            match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut ws.inner)).await.unwrap().unwrap().unwrap() {
+            match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut ws.inner))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+            {
                 Message::Binary(b) => break b,
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("expected a binary chunk, got {other:?}"),
@@ -194,9 +243,13 @@ async fn binary_frames_carry_chunks_both_ways() {
         };
         assert_eq!(frame[0], b'D');
         assert_eq!(&frame[1..33], id.as_bytes());
-        assert_eq!(u32::from_be_bytes(frame[33..37].try_into().unwrap()) as u64, seq);
+        assert_eq!(
+            u32::from_be_bytes(frame[33..37].try_into().unwrap()) as u64,
+            seq
+        );
         got.extend_from_slice(&frame[37..]);
-        ws.send(&json!({"type": "download_ack", "download_id": id, "seq": seq})).await;
+        ws.send(&json!({"type": "download_ack", "download_id": id, "seq": seq}))
+            .await;
     }
     assert!(got == pattern(size));
 }
@@ -219,14 +272,18 @@ async fn an_interrupted_upload_resumes_on_a_new_connection() {
     assert_eq!(status["next_seq"], chunks / 2);
     assert_eq!(status["complete"], false);
     send_chunks(&mut second, &ready, &data, chunks / 2..chunks, false).await;
-    let done = second.call("fin", json!({"type": "upload_finish", "upload_id": id})).await;
+    let done = second
+        .call("fin", json!({"type": "upload_finish", "upload_id": id}))
+        .await;
     assert_eq!(done["status"], 200, "{done}");
     assert_eq!(done["data"]["sha256"], hex(&Sha256::digest(&data)));
     // Exactly one complete, correct request reached the backend.
     let stats = mock_stats(&m).await;
     assert_eq!(stats["by_route"]["POST /api/v1/assets"], 1, "{stats}");
     // Finishing twice is refused: the upload is gone.
-    let again = second.call("fin2", json!({"type": "upload_finish", "upload_id": id})).await;
+    let again = second
+        .call("fin2", json!({"type": "upload_finish", "upload_id": id}))
+        .await;
     assert_eq!(again["code"], "UPLOAD_UNKNOWN", "{again}");
 }
 
@@ -234,12 +291,20 @@ async fn an_interrupted_upload_resumes_on_a_new_connection() {
 async fn eventually_status(ws: &mut Ws, id: &Value) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     for k in 0.. {
-        let v = ws.call(&format!("st{k}"), json!({"type": "upload_status", "upload_id": id})).await;
+        let v = ws
+            .call(
+                &format!("st{k}"),
+                json!({"type": "upload_status", "upload_id": id}),
+            )
+            .await;
         if v["type"] == "upload_progress" {
             return v;
         }
         assert_eq!(v["code"], "UPLOAD_NOT_OWNED", "{v}");
-        assert!(tokio::time::Instant::now() < deadline, "upload never detached");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upload never detached"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     unreachable!()
@@ -254,7 +319,8 @@ async fn bad_chunks_are_each_detected_and_answered() {
     let id = ready["upload_id"].clone();
     let chunk = |seq: usize| &data[seq * 262_144..((seq + 1) * 262_144).min(data.len())];
     let send = |seq: u64, bytes: &[u8], sha: Option<String>| {
-        let mut m = json!({"type": "upload_chunk", "upload_id": id, "seq": seq, "data": b64(bytes)});
+        let mut m =
+            json!({"type": "upload_chunk", "upload_id": id, "seq": seq, "data": b64(bytes)});
         if let Some(s) = sha {
             m["sha256"] = json!(s);
         }
@@ -263,7 +329,12 @@ async fn bad_chunks_are_each_detected_and_answered() {
     // Corrupted (chunk checksum given): refused, not stored.
     let mut bad = chunk(0).to_vec();
     bad[10] ^= 0xff;
-    let v = ws.call("corrupt", send(0, &bad, Some(hex(&Sha256::digest(chunk(0)))))).await;
+    let v = ws
+        .call(
+            "corrupt",
+            send(0, &bad, Some(hex(&Sha256::digest(chunk(0))))),
+        )
+        .await;
     assert_eq!(v["code"], "UPLOAD_CHUNK_CORRUPT", "{v}");
     // Out of order within the window: accepted.
     let v = ws.call("ooo", send(2, chunk(2), None)).await;
@@ -279,21 +350,40 @@ async fn bad_chunks_are_each_detected_and_answered() {
     let v = ws.call("short", send(1, &chunk(1)[..100], None)).await;
     assert_eq!(v["code"], "UPLOAD_BAD_CHUNK", "{v}");
     // Missing: finishing names them.
-    let v = ws.call("missing", json!({"type": "upload_finish", "upload_id": id})).await;
+    let v = ws
+        .call("missing", json!({"type": "upload_finish", "upload_id": id}))
+        .await;
     assert_eq!(v["code"], "UPLOAD_INCOMPLETE", "{v}");
     assert!(v["error"].as_str().unwrap().contains("[0, 1, 3"), "{v}");
     // Unknown id.
-    let v = ws.call("unknown", json!({"type": "upload_status", "upload_id": "0123456789abcdef0123456789abcdef"})).await;
+    let v = ws
+        .call(
+            "unknown",
+            json!({"type": "upload_status", "upload_id": "0123456789abcdef0123456789abcdef"}),
+        )
+        .await;
     assert_eq!(v["code"], "UPLOAD_UNKNOWN", "{v}");
     // Silent corruption (no chunk checksum) is caught by the whole-file sha256, and nothing is sent.
     for seq in [0, 1, 3, 4, 5, 6, 7, 8, 9, 10] {
-        let bytes = if seq == 5 { vec![0u8; 262_144] } else { chunk(seq).to_vec() };
-        let v = ws.call(&format!("fill{seq}"), send(seq as u64, &bytes, None)).await;
+        let bytes = if seq == 5 {
+            vec![0u8; 262_144]
+        } else {
+            chunk(seq).to_vec()
+        };
+        let v = ws
+            .call(&format!("fill{seq}"), send(seq as u64, &bytes, None))
+            .await;
         assert_eq!(v["type"], "upload_ack", "{v}");
     }
-    let v = ws.call("fin", json!({"type": "upload_finish", "upload_id": id})).await;
+    let v = ws
+        .call("fin", json!({"type": "upload_finish", "upload_id": id}))
+        .await;
     assert_eq!(v["code"], "UPLOAD_CHECKSUM_MISMATCH", "{v}");
-    assert!(mock_stats(&m).await["by_route"].get("POST /api/v1/assets").is_none());
+    assert!(
+        mock_stats(&m).await["by_route"]
+            .get("POST /api/v1/assets")
+            .is_none()
+    );
     // Too large, and a denied target, refused before any chunk.
     let v = ws
         .call("huge", json!({"type": "upload_start", "path": "/api/v1/assets?filename=x", "size": 1u64 << 40, "sha256": "0".repeat(64)}))
@@ -324,7 +414,10 @@ async fn abandoned_uploads_are_removed() {
     let store = dir.path().join("uploads");
     let routes = routes_with_transfers(
         dir.path(),
-        &format!("{{ chunk_size: 1024, window: 4, resume_timeout: 300ms, idle_timeout: 10m, dir: {} }}", store.display()),
+        &format!(
+            "{{ chunk_size: 1024, window: 4, resume_timeout: 300ms, idle_timeout: 10m, dir: {} }}",
+            store.display()
+        ),
     );
     let m = mock(&[]);
     let r = router(&routes, &m.http(), &[]);
@@ -332,7 +425,11 @@ async fn abandoned_uploads_are_removed() {
     let data = random_bytes(4096);
     let ready = start_upload(&mut ws, "start", &data, "gone.mp4").await;
     send_chunks(&mut ws, &ready, &data, 0..1, false).await;
-    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1, "the upload is assembled on disk");
+    assert_eq!(
+        std::fs::read_dir(&store).unwrap().count(),
+        1,
+        "the upload is assembled on disk"
+    );
     ws.inner.close(None).await.unwrap();
     drop(ws);
     eventually("the abandoned upload to be removed", || async {
@@ -340,7 +437,12 @@ async fn abandoned_uploads_are_removed() {
     })
     .await;
     let mut again = Ws::connect(&r.ws_url()).await;
-    let v = again.call("st", json!({"type": "upload_status", "upload_id": ready["upload_id"]})).await;
+    let v = again
+        .call(
+            "st",
+            json!({"type": "upload_status", "upload_id": ready["upload_id"]}),
+        )
+        .await;
     assert_eq!(v["code"], "UPLOAD_UNKNOWN", "{v}");
     r.wait_for_line("abandoned upload removed").await;
 }

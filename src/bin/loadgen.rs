@@ -8,11 +8,13 @@
 //! loadgen ws   --url ws://127.0.0.1:8080/ws --conns 50 --duration 5s --warmup 1s --mix api
 //! loadgen http --url http://127.0.0.1:8000  --conns 50 --duration 5s --warmup 1s --mix api
 //! loadgen idle --url ws://127.0.0.1:8080/ws --conns 10000          # holds until stdin closes
+//! loadgen report --raw target/bench/raw.jsonl                       # medians, as Markdown
 //! ```
 //!
 //! The `http` mode sends what the router would send for the same `ws` mix, so the two runs can be
-//! compared side by side. The generator measures its own CPU per message (`loadgen_cpu_us_per_msg`)
-//! because it shares the machine with what it measures.
+//! compared side by side. The generator reports its own CPU per message (`cpu_us_per_msg.loadgen`),
+//! because it shares the machine with what it measures, and that of any process named with
+//! `--cpu-pid` (the router, the backend), sampled exactly at the edges of the measured window.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -34,8 +36,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 /// Lowest and highest latency the histograms track, in nanoseconds (3 significant figures).
@@ -163,7 +165,8 @@ enum Mix {
     /// `api` `GET /api/v1/pipeline/status`.
     Api,
     /// api GET and POST, get_ice_servers and icecandidate, after one offer per connection.
-    Mix,
+    #[value(name = "mix")]
+    Realistic,
 }
 
 impl Mix {
@@ -172,7 +175,7 @@ impl Mix {
             Mix::Ping => "ping",
             Mix::PingNoschema => "ping_noschema",
             Mix::Api => "api",
-            Mix::Mix => "mix",
+            Mix::Realistic => "mix",
         }
     }
 
@@ -181,7 +184,7 @@ impl Mix {
             Mix::Ping => &[Op::Ping],
             Mix::PingNoschema => &[Op::PingNoschema],
             Mix::Api => &[Op::ApiGet(STATUS_PATH)],
-            Mix::Mix => &MIX,
+            Mix::Realistic => &MIX,
         }
     }
 }
@@ -522,9 +525,7 @@ fn parse_cpu_pid(s: &str) -> Result<(String, u32), String> {
     let (name, pid) = s
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=PID, got {s:?}"))?;
-    let pid = pid
-        .parse()
-        .map_err(|_| format!("bad PID in {s:?}"))?;
+    let pid = pid.parse().map_err(|_| format!("bad PID in {s:?}"))?;
     Ok((name.to_owned(), pid))
 }
 
@@ -563,7 +564,10 @@ impl Target {
             (None, Some("ws" | "http")) => 80,
             (None, _) => bail!("--url {url:?}: only ws:// and http:// are supported"),
         };
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -601,20 +605,20 @@ async fn ws_connect(target: &Target) -> Result<Ws> {
         .await
         .with_context(|| format!("WebSocket handshake with {} failed", target.url))?;
     let first = next_text(&mut ws).await?;
-    if !first.contains(r#""ready""#) {
-        bail!("expected a ready message first, got {first}");
+    if !first.as_str().contains(r#""ready""#) {
+        bail!("expected a ready message first, got {}", first.as_str());
     }
     Ok(ws)
 }
 
 /// The next text frame (control frames are skipped; a close or an error ends the run).
-async fn next_text(ws: &mut Ws) -> Result<String> {
+async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes> {
     loop {
         let frame = tokio::time::timeout(REPLY_TIMEOUT, ws.next())
             .await
             .map_err(|_| anyhow!("no reply within {REPLY_TIMEOUT:?}"))?;
         match frame {
-            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Text(t))) => return Ok(t),
             Some(Ok(Message::Close(c))) => bail!("server closed the connection: {c:?}"),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e).context("WebSocket read failed"),
@@ -659,14 +663,14 @@ enum HttpClient {
 impl Conn {
     async fn ws(target: &Target, mix: Mix) -> Result<Conn> {
         let mut ws = ws_connect(target).await?;
-        if mix == Mix::Mix {
+        if mix == Mix::Realistic {
             let offer = format!(r#"{{"type":"offer","sdp":"{OFFER_SDP}","request_id":"offer"}}"#);
             ws.send(Message::text(offer))
                 .await
                 .context("sending the offer")?;
             let answer = next_text(&mut ws).await?;
-            if !answer.contains(r#""answer""#) {
-                bail!("offer failed: {answer}");
+            if !answer.as_str().contains(r#""answer""#) {
+                bail!("offer failed: {}", answer.as_str());
             }
         }
         Ok(Conn::Ws(Box::new(ws)))
@@ -691,12 +695,14 @@ impl Conn {
             client,
             session_path: String::new(),
         };
-        if mix == Mix::Mix {
+        if mix == Mix::Realistic {
             let body = format!(r#"{{"sdp":"{OFFER_SDP}","type":"offer"}}"#);
             let (status, answer) = conn.call(Method::POST, OFFER_PATH, Some(body)).await?;
-            let id = serde_json::from_slice::<Value>(&answer)
-                .ok()
-                .and_then(|v| v.get("sessionId").and_then(Value::as_str).map(str::to_owned));
+            let id = serde_json::from_slice::<Value>(&answer).ok().and_then(|v| {
+                v.get("sessionId")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
             match (status, id) {
                 (StatusCode::OK, Some(id)) => conn.session_path = format!("{OFFER_PATH}/{id}"),
                 _ => bail!(
@@ -738,7 +744,9 @@ impl HttpConn {
                     sender.ready().await.context("connection closed")?;
                     sender.send_request(req).await.context("HTTP request")?
                 }
-                HttpClient::Pooled(pool) => pool.client.request(req).await.context("HTTP request")?,
+                HttpClient::Pooled(pool) => {
+                    pool.client.request(req).await.context("HTTP request")?
+                }
             };
             let status = resp.status();
             let body = resp
@@ -786,8 +794,8 @@ async fn worker(conn: Conn, mix: Mix, plan: Plan, index: usize) -> Result<Worker
                 };
                 match reply {
                     Ok(text) => {
-                        let ok = op.ws_ok(&text);
-                        result.record(&plan, started, ok, || text);
+                        let ok = op.ws_ok(text.as_str());
+                        result.record(&plan, started, ok, || text.as_str().to_owned());
                     }
                     Err(e) => {
                         result.failed = Some(format!("{e:#}"));
@@ -1182,7 +1190,10 @@ mod report {
             }
         }
         if !validation.is_empty() {
-            let _ = writeln!(o, "\nValidation cost (`ping` with `schema: ping.json` vs `ping_noschema`):\n");
+            let _ = writeln!(
+                o,
+                "\nValidation cost (`ping` with `schema: ping.json` vs `ping_noschema`):\n"
+            );
             let _ = writeln!(
                 o,
                 "| conns | msg/s schema / none | p50 schema / none | router CPU µs/msg schema / none | CPU cost of the schema |"
@@ -1203,7 +1214,8 @@ mod report {
                     num(without.router.med("/p50_us")),
                     num(cw),
                     num(cn),
-                    ratio(cw, cn).map_or_else(|| "—".to_owned(), |x| format!("{:+.1}%", (x - 1.0) * 100.0)),
+                    ratio(cw, cn)
+                        .map_or_else(|| "—".to_owned(), |x| format!("{:+.1}%", (x - 1.0) * 100.0)),
                 );
             }
         }
@@ -1229,7 +1241,10 @@ mod report {
             );
             goal(
                 cpu.map(|x| x <= 10.0),
-                format!("router CPU ≤ 10 µs per message (api GET, 50 conns): {} µs", num(cpu)),
+                format!(
+                    "router CPU ≤ 10 µs per message (api GET, 50 conns): {} µs",
+                    num(cpu)
+                ),
             );
         }
         if let Some(r) = find("api", 1) {
@@ -1240,7 +1255,10 @@ mod report {
                 .map(|(a, b)| a - b);
             goal(
                 added.map(|x| x <= 40.0),
-                format!("added p50 latency at 1 conn (api GET) ≤ 40 µs: {} µs", num(added)),
+                format!(
+                    "added p50 latency at 1 conn (api GET) ≤ 40 µs: {} µs",
+                    num(added)
+                ),
             );
         }
         if let Some(r) = find("ping", 1) {

@@ -160,7 +160,8 @@ impl ForwardSpec {
             error: Some(&ev),
         };
         let mut out = Vec::with_capacity(128);
-        self.on_error.render_reply(&ctx, req.request_id.as_ref(), &mut out);
+        self.on_error
+            .render_reply(&ctx, req.request_id.as_ref(), &mut out);
         Reply::from_json(out, f.outcome)
     }
 
@@ -179,16 +180,26 @@ impl ForwardSpec {
         let safe = pathsafe::normalize(raw_path)
             .map_err(|e| Failure::bad(400, format!("Invalid path {raw_path:?}: {e}")))?;
         if !self.allow.is_match(&safe.decoded) || self.deny.is_match(&safe.decoded) {
-            return Err(Failure::bad(403, format!("Path not allowed: {}", safe.decoded)));
+            return Err(Failure::bad(
+                403,
+                format!("Path not allowed: {}", safe.decoded),
+            ));
         }
         Ok(safe)
     }
 
-    fn timeout_for(&self, method: &Method, decoded_path: &str, upload: bool) -> std::time::Duration {
+    fn timeout_for(
+        &self,
+        method: &Method,
+        decoded_path: &str,
+        upload: bool,
+    ) -> std::time::Duration {
         self.timeouts
             .iter()
             .find(|r| {
-                (!r.upload || upload) && r.method.as_ref().is_none_or(|m| m == method) && r.path.is_match(decoded_path)
+                (!r.upload || upload)
+                    && r.method.as_ref().is_none_or(|m| m == method)
+                    && r.path.is_match(decoded_path)
             })
             .map_or(self.timeout, |r| r.timeout)
     }
@@ -201,7 +212,12 @@ impl ForwardSpec {
     }
 
     /// Sends an assembled upload, streamed from disk, and renders the reply as for any call.
-    pub async fn forward_upload(&self, backend: &Backend, req: &Request, upload: crate::transfer::Assembled) -> Reply {
+    pub async fn forward_upload(
+        &self,
+        backend: &Backend,
+        req: &Request,
+        upload: crate::transfer::Assembled,
+    ) -> Reply {
         let result = async {
             let method = self.method(&upload.target.method)?;
             let safe = self.path(&upload.target.path)?;
@@ -210,7 +226,14 @@ impl ForwardSpec {
                 .await
                 .map_err(|e| Failure::bad(500, format!("cannot read the assembled upload: {e}")))?;
             let resp = backend
-                .call_stream(method, &safe.wire, body, &upload.target.content_type, upload.target.size, timeout)
+                .call_stream(
+                    method,
+                    &safe.wire,
+                    body,
+                    &upload.target.content_type,
+                    upload.target.size,
+                    timeout,
+                )
                 .await?;
             Ok(self.render_response(req, &resp))
         }

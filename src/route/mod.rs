@@ -107,7 +107,10 @@ impl RouteTable {
             Some(kind) if kind.len() > MAX_ROUTE_KEY => {
                 let shown: String = kind.chars().take(64).collect();
                 let err = ProtocolError::UnknownType(format!("{shown}… ({} bytes)", kind.len()));
-                return Box::pin(std::future::ready(error_reply(req.request_id.as_ref(), &err)));
+                return Box::pin(std::future::ready(error_reply(
+                    req.request_id.as_ref(),
+                    &err,
+                )));
             }
             Some(kind) => self.routes.get(kind).or(self.default.as_ref()),
             None => {
@@ -200,7 +203,8 @@ impl RouteTable {
         let mut forwards: HashMap<String, Arc<ForwardSpec>> = HashMap::new();
         for (name, r) in &file.routes {
             if let Some(fwd) = &r.value.forward {
-                let spec = forward_spec(&Arc::from(name.as_str()), fwd).map_err(|e| at(r, name, e))?;
+                let spec =
+                    forward_spec(&Arc::from(name.as_str()), fwd).map_err(|e| at(r, name, e))?;
                 forwards.insert(name.clone(), Arc::new(spec));
             }
         }
@@ -214,8 +218,15 @@ impl RouteTable {
         let mut routes = HashMap::new();
         let mut default = None;
         for (name, r) in &file.routes {
-            let route = build_route(name, &r.value, &schemas, &backend, file.validate_replies, &forwards)
-                .map_err(|e| at(r, name, e))?;
+            let route = build_route(
+                name,
+                &r.value,
+                &schemas,
+                &backend,
+                file.validate_replies,
+                &forwards,
+            )
+            .map_err(|e| at(r, name, e))?;
             if name == DEFAULT_ROUTE {
                 default = Some(route);
             } else {
@@ -260,9 +271,9 @@ impl RouteTable {
                 _ => {}
             }
         }
-        let wants_close = conn
-            .on_disconnect
-            .contains(&DisconnectStep::Signaling(SignalingDisconnect::CloseSessions));
+        let wants_close = conn.on_disconnect.contains(&DisconnectStep::Signaling(
+            SignalingDisconnect::CloseSessions,
+        ));
         let close_sessions_path = if wants_close { offer_path(file) } else { None };
         if wants_close && close_sessions_path.is_none() {
             return Err(ConfigError::new(
@@ -317,7 +328,9 @@ fn build_route(
     .filter(|b| **b)
     .count();
     if handlers != 1 {
-        return Err("needs exactly one of `reply`, `forward`, `signaling` or `transfer`".to_owned());
+        return Err(
+            "needs exactly one of `reply`, `forward`, `signaling` or `transfer`".to_owned(),
+        );
     }
     let msg_scope = Scope::MESSAGE.with(Scope::CONNECTION);
 
@@ -358,13 +371,22 @@ fn build_route(
                     .cloned()
                     .ok_or_else(|| format!("transfer.via: no forward route named `{v}`"))?,
             ),
-            None if needs_via => return Err("transfer: upload_start and upload_finish need `via: <forward route>`".to_owned()),
+            None if needs_via => {
+                return Err(
+                    "transfer: upload_start and upload_finish need `via: <forward route>`"
+                        .to_owned(),
+                );
+            }
             None => None,
         };
         // Only the finish step calls the backend; the others are local bookkeeping.
         let refusal = (t.action == A::UploadFinish).then(plain_refusal);
         (
-            BoxCloneSyncService::new(crate::transfer::handler::TransferHandler::new(t.action, backend.clone(), via)),
+            BoxCloneSyncService::new(crate::transfer::handler::TransferHandler::new(
+                t.action,
+                backend.clone(),
+                via,
+            )),
             "transfer",
             refusal,
         )

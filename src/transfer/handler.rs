@@ -25,8 +25,16 @@ pub struct TransferHandler {
 }
 
 impl TransferHandler {
-    pub fn new(action: TransferAction, backend: Arc<Backend>, via: Option<Arc<ForwardSpec>>) -> Self {
-        Self { action, backend, via }
+    pub fn new(
+        action: TransferAction,
+        backend: Arc<Backend>,
+        via: Option<Arc<ForwardSpec>>,
+    ) -> Self {
+        Self {
+            action,
+            backend,
+            via,
+        }
     }
 }
 
@@ -39,7 +47,10 @@ pub fn result_reply(request_id: Option<&Value>, r: Result<Value, TransferError>)
             }
             Reply::from_json(serde_json::to_vec(&v).unwrap_or_default(), Outcome::Ok)
         }
-        Err(e) => Reply::from_json(error_json(request_id, &e.to_string(), Some(e.code()), None), Outcome::Rejected),
+        Err(e) => Reply::from_json(
+            error_json(request_id, &e.to_string(), Some(e.code()), None),
+            Outcome::Rejected,
+        ),
     }
 }
 
@@ -51,7 +62,10 @@ pub fn binary_chunk_reply(upload_id: &str, seq: u64, r: Result<Value, TransferEr
         Err(e) => {
             let v = serde_json::json!({"type": "error", "error": e.to_string(), "code": e.code(),
                                        "upload_id": upload_id, "seq": seq});
-            Reply::from_json(serde_json::to_vec(&v).unwrap_or_default(), Outcome::Rejected)
+            Reply::from_json(
+                serde_json::to_vec(&v).unwrap_or_default(),
+                Outcome::Rejected,
+            )
         }
     }
 }
@@ -63,9 +77,9 @@ fn str_field<'a>(msg: &'a Value, k: &str) -> Result<&'a str, TransferError> {
 }
 
 fn u64_field(msg: &Value, k: &str) -> Result<u64, TransferError> {
-    msg.get(k)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| TransferError::Invalid(format!("missing non-negative integer field \"{k}\"")))
+    msg.get(k).and_then(Value::as_u64).ok_or_else(|| {
+        TransferError::Invalid(format!("missing non-negative integer field \"{k}\""))
+    })
 }
 
 impl Service<Request> for TransferHandler {
@@ -92,7 +106,11 @@ impl TransferHandler {
             TransferAction::UploadStart => {
                 let r = async {
                     let target = Target {
-                        method: msg.get("method").and_then(Value::as_str).unwrap_or("POST").to_owned(),
+                        method: msg
+                            .get("method")
+                            .and_then(Value::as_str)
+                            .unwrap_or("POST")
+                            .to_owned(),
                         path: str_field(msg, "path")?.to_owned(),
                         content_type: msg
                             .get("content_type")
@@ -104,7 +122,8 @@ impl TransferHandler {
                     };
                     // Refuse a target the forward route would refuse, before any byte arrives.
                     if let Some(via) = &self.via {
-                        via.check_upload_target(&target.method, &target.path).map_err(TransferError::Invalid)?;
+                        via.check_upload_target(&target.method, &target.path)
+                            .map_err(TransferError::Invalid)?;
                     }
                     transfers.start(&req.conn, target).await
                 }
@@ -125,14 +144,29 @@ impl TransferHandler {
                 result_reply(rid, r)
             }
             TransferAction::UploadStatus => {
-                let r = async { transfers.status(&req.conn, str_field(msg, "upload_id")?).await }.await;
+                let r = async {
+                    transfers
+                        .status(&req.conn, str_field(msg, "upload_id")?)
+                        .await
+                }
+                .await;
                 result_reply(rid, r)
             }
             TransferAction::UploadFinish => {
                 let Some(via) = &self.via else {
-                    return result_reply(rid, Err(TransferError::Invalid("route has no `via` forward route".to_owned())));
+                    return result_reply(
+                        rid,
+                        Err(TransferError::Invalid(
+                            "route has no `via` forward route".to_owned(),
+                        )),
+                    );
                 };
-                let assembled = async { transfers.finish(&req.conn, str_field(msg, "upload_id")?).await }.await;
+                let assembled = async {
+                    transfers
+                        .finish(&req.conn, str_field(msg, "upload_id")?)
+                        .await
+                }
+                .await;
                 match assembled {
                     Ok(a) => {
                         tracing::info!(bytes = a.target.size, path = %a.target.path, "upload assembled; forwarding");
@@ -157,7 +191,9 @@ impl TransferHandler {
                         text: String::new(),
                         outcome: Outcome::Ok,
                     },
-                    (Ok(()), Some(_)) => result_reply(rid, Ok(serde_json::json!({"type": "download_ack_ok"}))),
+                    (Ok(()), Some(_)) => {
+                        result_reply(rid, Ok(serde_json::json!({"type": "download_ack_ok"})))
+                    }
                     (Err(e), _) => result_reply(rid, Err(e)),
                 }
             }

@@ -107,7 +107,10 @@ impl Upload {
 
     /// The first chunk not yet received.
     fn next_missing(&self) -> u64 {
-        self.received.iter().position(|r| !r).map_or(self.chunks(), |p| p as u64)
+        self.received
+            .iter()
+            .position(|r| !r)
+            .map_or(self.chunks(), |p| p as u64)
     }
 
     fn status(&self, id: &str) -> Value {
@@ -146,7 +149,8 @@ pub struct Download {
 
 impl Download {
     pub fn ack(&self, seq: u64) {
-        self.acked.fetch_max(seq.saturating_add(1), Ordering::AcqRel);
+        self.acked
+            .fetch_max(seq.saturating_add(1), Ordering::AcqRel);
         self.notify.notify_one();
     }
 }
@@ -169,7 +173,9 @@ impl Transfers {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Upload>>>> {
-        self.uploads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn dir(&self) -> PathBuf {
@@ -192,7 +198,9 @@ impl Transfers {
             return Err(TransferError::TooLarge(target.size, cfg.max_upload_bytes));
         }
         if target.sha256.len() != 64 || !target.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(TransferError::Invalid("sha256 must be 64 hex characters".to_owned()));
+            return Err(TransferError::Invalid(
+                "sha256 must be 64 hex characters".to_owned(),
+            ));
         }
         let reserved = self.reserved.fetch_add(target.size, Ordering::AcqRel) + target.size;
         if reserved > cfg.max_total_bytes {
@@ -235,12 +243,17 @@ impl Transfers {
             "chunks": chunks,
             "window": cfg.window,
         });
-        self.map().insert(id, Arc::new(tokio::sync::Mutex::new(upload)));
+        self.map()
+            .insert(id, Arc::new(tokio::sync::Mutex::new(upload)));
         Ok(reply)
     }
 
     /// The upload, if this connection may use it (its own, or a detached one with the same token).
-    async fn claim(&self, conn: &ConnCtx, id: &str) -> Result<Arc<tokio::sync::Mutex<Upload>>, TransferError> {
+    async fn claim(
+        &self,
+        conn: &ConnCtx,
+        id: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<Upload>>, TransferError> {
         let entry = self.map().get(id).cloned().ok_or(TransferError::Unknown)?;
         {
             let mut u = entry.lock().await;
@@ -286,7 +299,8 @@ impl Transfers {
             });
         }
         let offset = seq * u.chunk_size as u64;
-        let expected = usize::try_from((u.target.size - offset).min(u.chunk_size as u64)).unwrap_or(usize::MAX);
+        let expected = usize::try_from((u.target.size - offset).min(u.chunk_size as u64))
+            .unwrap_or(usize::MAX);
         if data.len() != expected {
             return Err(TransferError::BadChunkSize(seq, data.len(), expected));
         }
@@ -394,7 +408,9 @@ impl Transfers {
             .iter()
             .filter_map(|(id, e)| {
                 let u = e.try_lock().ok()?;
-                let gone = u.detached_at.is_some_and(|t| now.duration_since(t) > cfg.resume_timeout.0);
+                let gone = u
+                    .detached_at
+                    .is_some_and(|t| now.duration_since(t) > cfg.resume_timeout.0);
                 let idle = now.duration_since(u.last_activity) > cfg.idle_timeout.0;
                 (!u.finishing && (gone || idle)).then(|| id.clone())
             })
@@ -429,7 +445,9 @@ pub fn start_download(
     body: Bytes,
     binary_frames: bool,
 ) -> bool {
-    let Some(tx) = conn.push_sender() else { return false };
+    let Some(tx) = conn.push_sender() else {
+        return false;
+    };
     let cfg = conn.transfers.cfg.load_full();
     let id = format!("{:032x}", rand::random::<u128>());
     let chunk_size = cfg.chunk_size.max(1);
@@ -464,7 +482,10 @@ pub fn start_download(
                 if seq < state.acked.load(Ordering::Acquire) + window {
                     break;
                 }
-                if tokio::time::timeout(cfg.ack_timeout.0, notified).await.is_err() {
+                if tokio::time::timeout(cfg.ack_timeout.0, notified)
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(download = %id, seq, "download not acknowledged in time; dropped");
                     let err = json!({"type": "error", "error": "Download acknowledgement timeout",
                                      "code": "DOWNLOAD_ACK_TIMEOUT", "download_id": id});
@@ -473,7 +494,9 @@ pub fn start_download(
                     return;
                 }
             }
-            let start = usize::try_from(seq * chunk_size as u64).unwrap_or(usize::MAX).min(body.len());
+            let start = usize::try_from(seq * chunk_size as u64)
+                .unwrap_or(usize::MAX)
+                .min(body.len());
             let end = start.saturating_add(chunk_size).min(body.len());
             let part = body.slice(start..end);
             let msg = if binary_frames {
@@ -485,7 +508,10 @@ pub fn start_download(
                 Outbound::Binary(Bytes::from(frame))
             } else {
                 let data = base64::engine::general_purpose::STANDARD.encode(&part);
-                Outbound::Text(json!({"type": "download_chunk", "download_id": id, "seq": seq, "data": data}).to_string())
+                Outbound::Text(
+                    json!({"type": "download_chunk", "download_id": id, "seq": seq, "data": data})
+                        .to_string(),
+                )
             };
             if tx.send(msg).await.is_err() {
                 return;
@@ -542,7 +568,9 @@ pub fn hex(b: &[u8]) -> String {
 }
 
 /// Reads an assembled upload as a body stream.
-pub async fn body_stream(disk: &std::path::Path) -> Result<crate::backend::BodyStream, std::io::Error> {
+pub async fn body_stream(
+    disk: &std::path::Path,
+) -> Result<crate::backend::BodyStream, std::io::Error> {
     use futures_util::StreamExt;
     let file = tokio::fs::File::open(disk).await?;
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
@@ -560,7 +588,10 @@ mod tests {
         f.extend_from_slice(b"0123456789abcdef0123456789abcdef");
         f.extend_from_slice(&7u32.to_be_bytes());
         f.extend_from_slice(b"payload");
-        assert_eq!(parse_binary_chunk(&f), Some(("0123456789abcdef0123456789abcdef", 7, &b"payload"[..])));
+        assert_eq!(
+            parse_binary_chunk(&f),
+            Some(("0123456789abcdef0123456789abcdef", 7, &b"payload"[..]))
+        );
         assert_eq!(parse_binary_chunk(b"U123"), None);
         assert_eq!(parse_binary_chunk(b""), None);
         f[0] = b'X';

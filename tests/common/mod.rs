@@ -36,7 +36,9 @@ impl Drop for Proc {
     /// SIGTERM first, so a router stops its supervised backend (no orphans); SIGKILL after 3 s.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
             let deadline = std::time::Instant::now() + Duration::from_secs(3);
             while std::time::Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {

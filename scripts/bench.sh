@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# The benchmark, in one command: ./scripts/bench.sh
+#
+# Measures on this machine, in one run, side by side: N closed-loop workers calling
+# the backend (mock-scope --quiet, release) directly over keep-alive HTTP ("direct",
+# the limit), and N WebSocket connections sending the equivalent messages through
+# scope-router ("router"). Every row runs direct then router; the whole set is
+# repeated BENCH_REPEATS times and the medians are reported. Then 10,000 idle
+# WebSocket connections are opened against a fresh router to measure its RSS.
+#
+# Writes target/bench/results.md (the Markdown table, also printed) and
+# target/bench/raw.jsonl (one JSON line per measurement).
+#
+# Knobs (environment): BENCH_REPEATS (3), BENCH_DURATION (5s), BENCH_WARMUP (1s),
+# BENCH_IDLE_CONNS (10000), BENCH_LOADGEN_THREADS (1), BENCH_ROWS (all rows, e.g.
+# "api-50 mix-50"), BENCH_PIN (0: no pinning; 1: router on CPU 1, the rest on
+# CPU 0; see the note below), BENCH_NO_BUILD (1: skip cargo build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPEATS="${BENCH_REPEATS:-3}"
+DURATION="${BENCH_DURATION:-5s}"
+WARMUP="${BENCH_WARMUP:-1s}"
+IDLE_CONNS="${BENCH_IDLE_CONNS:-10000}"
+THREADS="${BENCH_LOADGEN_THREADS:-1}"
+PIN="${BENCH_PIN:-0}"
+# The standard set: mix-conns. ping_noschema pairs with ping to price validation.
+ROWS="${BENCH_ROWS:-ping-1 ping_noschema-1 ping-100 ping_noschema-100 api-1 api-50 api-500 mix-50 idle}"
+
+OUT=target/bench
+BIN=target/release
+mkdir -p "$OUT"
+: >"$OUT/raw.jsonl"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+    cargo build --release --bins
+fi
+"$BIN/scope-router" validate --routes benches/routes.yaml >/dev/null
+
+# 10,000 idle connections need 10,000 descriptors in the router and in the load generator.
+need=$((IDLE_CONNS + 2048))
+hard="$(ulimit -Hn)"
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
+    echo "bench: the open-files hard limit is $hard; $need are needed for $IDLE_CONNS idle connections" >&2
+    echo "bench: raise it (ulimit -Hn as root) or lower BENCH_IDLE_CONNS" >&2
+    exit 1
+fi
+ulimit -n "$need"
+
+# Pinning: with BENCH_PIN=1 the router gets CPU 1 to itself and the backend and the
+# load generator share CPU 0 (for both direct and router runs). Measured on the 2-core
+# reference machine it made runs no more stable and capped direct throughput, so it is
+# off by default.
+pin() {
+    if [ "$PIN" = 1 ] && command -v taskset >/dev/null; then
+        echo "taskset -c $1"
+    fi
+}
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+# start NAME CMD...: runs CMD in the background, waits for its "listening on http://ADDR"
+# line, and sets NAME_PID and NAME_ADDR.
+start() {
+    local name="$1"
+    shift
+    # Removed first: the background redirection truncates it asynchronously, and a stale
+    # line from an earlier start must not be mistaken for this one.
+    rm -f "$OUT/$name.out"
+    "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    local pid=$!
+    PIDS+=("$pid")
+    local addr=""
+    for _ in $(seq 1 200); do
+        addr="$(grep -m1 -o 'listening on http://[0-9.:]*' "$OUT/$name.out" 2>/dev/null | sed 's|.*http://||' || true)"
+        [ -n "$addr" ] && break
+        if ! kill -0 "$pid" 2>/dev/null; then break; fi
+        sleep 0.05
+    done
+    if [ -z "$addr" ]; then
+        echo "bench: $name did not start:" >&2
+        cat "$OUT/$name.err" >&2
+        exit 1
+    fi
+    printf -v "${name}_PID" '%s' "$pid"
+    printf -v "${name}_ADDR" '%s' "$addr"
+}
+
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+start_router() {
+    RUST_LOG=warn start "$1" $(pin 1) "$BIN/scope-router" --routes benches/routes.yaml \
+        --listen 127.0.0.1:0 --backend-url "http://$backend_ADDR" --no-supervise --no-watch
+}
+
+# wait_ready ADDR: the router's /readyz answers 200 once its health probe saw the backend.
+wait_ready() {
+    for _ in $(seq 1 100); do
+        if curl -sf -o /dev/null "http://$1/readyz" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "bench: the router at $1 never became ready" >&2
+    exit 1
+}
+
+start backend $(pin 0) "$BIN/mock-scope" --listen 127.0.0.1:0 --quiet
+start_router router
+wait_ready "$router_ADDR"
+echo "bench: mock-scope (pid $backend_PID) at $backend_ADDR, scope-router (pid $router_PID) at $router_ADDR; load before: $LOAD_BEFORE" >&2
+
+common=(--duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS")
+
+measure() { # ROW REPEAT
+    local row="$1" rep="$2" mix conns
+    mix="${row%-*}"
+    conns="${row##*-}"
+    if [ "$mix" != ping_noschema ]; then
+        $(pin 0) "$BIN/loadgen" http --url "http://$backend_ADDR" --conns "$conns" --mix "$mix" \
+            "${common[@]}" --row "$row" --repeat "$rep" \
+            --cpu-pid "backend=$backend_PID" >>"$OUT/raw.jsonl"
+    fi
+    $(pin 0) "$BIN/loadgen" ws --url "ws://$router_ADDR/ws" --conns "$conns" --mix "$mix" \
+        "${common[@]}" --row "$row" --repeat "$rep" \
+        --cpu-pid "router=$router_PID" --cpu-pid "backend=$backend_PID" >>"$OUT/raw.jsonl"
+}
+
+# A fresh router, so its RSS is that of the idle connections and not of earlier load.
+measure_idle() { # REPEAT
+    start_router idle_router
+    wait_ready "$idle_router_ADDR"
+    $(pin 0) "$BIN/loadgen" idle --url "ws://$idle_router_ADDR/ws" --conns "$IDLE_CONNS" \
+        --hold 0s --rss-pid "$idle_router_PID" --row "idle-$IDLE_CONNS" --repeat "$1" \
+        --threads "$THREADS" >>"$OUT/raw.jsonl"
+    stop "$idle_router_PID"
+}
+
+for rep in $(seq 1 "$REPEATS"); do
+    for row in $ROWS; do
+        echo "bench: repeat $rep/$REPEATS: $row" >&2
+        if [ "$row" = idle ]; then
+            measure_idle "$rep"
+        else
+            measure "$row" "$rep"
+        fi
+    done
+done
+
+"$BIN/loadgen" report --raw "$OUT/raw.jsonl" \
+    --note "Load average before the run: $LOAD_BEFORE (1, 5, 15 min). Backend: mock-scope --quiet (release). Load generator: $THREADS thread(s)." \
+    | tee "$OUT/results.md"
