@@ -13,8 +13,8 @@
 #
 # Knobs (environment): BENCH_REPEATS (3), BENCH_DURATION (5s), BENCH_WARMUP (1s),
 # BENCH_IDLE_CONNS (10000), BENCH_LOADGEN_THREADS (1), BENCH_ROWS (all rows, e.g.
-# "api-50 mix-50"), BENCH_PIN (0: no pinning; 1: router on CPU 1, the rest on
-# CPU 0; see the note below), BENCH_NO_BUILD (1: skip cargo build).
+# "api-50 mix-50"), BENCH_PIN_SINGLE (1: run the 1-connection rows with every
+# process on CPU 0; see "Pinning" below), BENCH_NO_BUILD (1: skip cargo build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +23,7 @@ DURATION="${BENCH_DURATION:-5s}"
 WARMUP="${BENCH_WARMUP:-1s}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-10000}"
 THREADS="${BENCH_LOADGEN_THREADS:-1}"
-PIN="${BENCH_PIN:-0}"
+PIN_SINGLE="${BENCH_PIN_SINGLE:-1}"
 # The standard set: mix-conns. ping_noschema pairs with ping to price validation.
 ROWS="${BENCH_ROWS:-ping-1 ping_noschema-1 ping-100 ping_noschema-100 api-1 api-50 api-500 mix-50 idle}"
 
@@ -48,13 +48,25 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
 fi
 ulimit -n "$need"
 
-# Pinning: with BENCH_PIN=1 the router gets CPU 1 to itself and the backend and the
-# load generator share CPU 0 (for both direct and router runs). Measured on the 2-core
-# reference machine it made runs no more stable and capped direct throughput, so it is
-# off by default.
-pin() {
-    if [ "$PIN" = 1 ] && command -v taskset >/dev/null; then
-        echo "taskset -c $1"
+# Pinning, as measured on the 2-core reference VM:
+# - 1-connection rows run with the load generator, the backend and the router all on
+#   CPU 0. Unpinned, each hop of a lone request wakes an idle vCPU, which costs ~30 µs
+#   there: a direct GET /health took 74 µs at p50 instead of 10 µs, and the figure
+#   swung with whatever else the machine was doing. On one CPU the rows measure the
+#   software path, the same on a quiet machine and a busy one.
+# - The other rows are not pinned: throughput needs both cores. Giving the router a
+#   core of its own (the rest on the other) was worse on every row: the router's two
+#   worker threads then share one CPU, and the direct runs lose a core.
+ALL_CPUS="0-$(($(nproc) - 1))"
+CAN_PIN=0
+if [ "$PIN_SINGLE" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -gt 1 ]; then
+    CAN_PIN=1
+fi
+# place CPUS: moves the running backend and router (every thread) onto CPUS.
+place() {
+    if [ "$CAN_PIN" = 1 ]; then
+        taskset -a -p -c "$1" "$backend_PID" >/dev/null
+        taskset -a -p -c "$1" "$router_PID" >/dev/null
     fi
 }
 
@@ -102,7 +114,7 @@ stop() {
 }
 
 start_router() {
-    RUST_LOG=warn start "$1" $(pin 1) "$BIN/scope-router" --routes benches/routes.yaml \
+    RUST_LOG=warn start "$1" "$BIN/scope-router" --routes benches/routes.yaml \
         --listen 127.0.0.1:0 --backend-url "http://$backend_ADDR" --no-supervise --no-watch
 }
 
@@ -116,7 +128,7 @@ wait_ready() {
     exit 1
 }
 
-start backend $(pin 0) "$BIN/mock-scope" --listen 127.0.0.1:0 --quiet
+start backend "$BIN/mock-scope" --listen 127.0.0.1:0 --quiet
 start_router router
 wait_ready "$router_ADDR"
 echo "bench: mock-scope (pid $backend_PID) at $backend_ADDR, scope-router (pid $router_PID) at $router_ADDR; load before: $LOAD_BEFORE" >&2
@@ -125,23 +137,31 @@ common=(--duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS")
 
 measure() { # ROW REPEAT
     local row="$1" rep="$2" mix conns
+    local lg=("$BIN/loadgen")
     mix="${row%-*}"
     conns="${row##*-}"
+    if [ "$conns" = 1 ] && [ "$CAN_PIN" = 1 ]; then
+        place 0
+        lg=(taskset -c 0 "$BIN/loadgen")
+    fi
     if [ "$mix" != ping_noschema ]; then
-        $(pin 0) "$BIN/loadgen" http --url "http://$backend_ADDR" --conns "$conns" --mix "$mix" \
+        "${lg[@]}" http --url "http://$backend_ADDR" --conns "$conns" --mix "$mix" \
             "${common[@]}" --row "$row" --repeat "$rep" \
             --cpu-pid "backend=$backend_PID" >>"$OUT/raw.jsonl"
     fi
-    $(pin 0) "$BIN/loadgen" ws --url "ws://$router_ADDR/ws" --conns "$conns" --mix "$mix" \
+    "${lg[@]}" ws --url "ws://$router_ADDR/ws" --conns "$conns" --mix "$mix" \
         "${common[@]}" --row "$row" --repeat "$rep" \
         --cpu-pid "router=$router_PID" --cpu-pid "backend=$backend_PID" >>"$OUT/raw.jsonl"
+    if [ "$conns" = 1 ]; then
+        place "$ALL_CPUS"
+    fi
 }
 
 # A fresh router, so its RSS is that of the idle connections and not of earlier load.
 measure_idle() { # REPEAT
     start_router idle_router
     wait_ready "$idle_router_ADDR"
-    $(pin 0) "$BIN/loadgen" idle --url "ws://$idle_router_ADDR/ws" --conns "$IDLE_CONNS" \
+    "$BIN/loadgen" idle --url "ws://$idle_router_ADDR/ws" --conns "$IDLE_CONNS" \
         --hold 0s --rss-pid "$idle_router_PID" --row "idle-$IDLE_CONNS" --repeat "$1" \
         --threads "$THREADS" >>"$OUT/raw.jsonl"
     stop "$idle_router_PID"
@@ -159,5 +179,5 @@ for rep in $(seq 1 "$REPEATS"); do
 done
 
 "$BIN/loadgen" report --raw "$OUT/raw.jsonl" \
-    --note "Load average before the run: $LOAD_BEFORE (1, 5, 15 min). Backend: mock-scope --quiet (release). Load generator: $THREADS thread(s)." \
+    --note "Load average before the run: $LOAD_BEFORE (1, 5, 15 min). Backend: mock-scope --quiet (release). Load generator: $THREADS thread(s). 1-connection rows: $([ "$CAN_PIN" = 1 ] && echo "all processes on CPU 0 (taskset)" || echo "not pinned"); other rows not pinned." \
     | tee "$OUT/results.md"
