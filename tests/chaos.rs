@@ -15,15 +15,7 @@ const KILLS: usize = 20;
 const CLIENTS: usize = 4;
 
 fn chaos_routes(dir: &Path, port: u16) -> PathBuf {
-    let cmd = serde_json::to_string(&[
-        MOCK,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--quiet",
-    ])
-    .unwrap();
+    let cmd = serde_json::to_string(&mock_command(port, &["--quiet"])).unwrap();
     let text = format!(
         r#"version: 1
 schemas: {schemas:?}

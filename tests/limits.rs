@@ -598,15 +598,7 @@ async fn a_connection_cannot_use_another_connections_session() {
 // Per-user cleanup
 
 fn cleanup_routes(dir: &Path, port: u16, assets: &Path) -> std::path::PathBuf {
-    let cmd = serde_json::to_string(&[
-        MOCK,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--quiet",
-    ])
-    .unwrap();
+    let cmd = serde_json::to_string(&mock_command(port, &["--quiet"])).unwrap();
     let text = format!(
         r#"version: 1
 schemas: {schemas:?}

@@ -48,18 +48,6 @@ routes:
     p
 }
 
-fn mock_cmd(port: u16, extra: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        MOCK.to_owned(),
-        "--host".into(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        port.to_string(),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
 fn supervised(routes: &Path, envs: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(ROUTER);
     cmd.args(["serve", "--routes"])
@@ -127,7 +115,7 @@ async fn killed_backend_is_restarted_and_the_gap_gets_a_fast_error() {
     let routes = routes_file(
         dir.path(),
         port,
-        &mock_cmd(port, &[]),
+        &mock_command(port, &[]),
         "  restart: { policy: always, backoff: { initial: 1500ms, max: 3s } }",
     );
     let r = supervised(&routes, &[]);
@@ -246,7 +234,7 @@ async fn slow_start_stays_not_ready_until_healthy() {
     let routes = routes_file(
         dir.path(),
         port,
-        &mock_cmd(port, &["--startup-delay-ms", "2000"]),
+        &mock_command(port, &["--startup-delay-ms", "2000"]),
         "",
     );
     let r = supervised(&routes, &[]);
@@ -314,7 +302,7 @@ async fn backend_logs_reach_clients_filtered() {
     let routes = routes_file(
         dir.path(),
         port,
-        &mock_cmd(port, &["--log-interval-ms", "50"]),
+        &mock_command(port, &["--log-interval-ms", "50"]),
         "  logs: { push_to_clients: true, batch: 50, exclude: [kafka_publisher] }",
     );
     let r = supervised(&routes, &[]);
@@ -345,7 +333,7 @@ async fn environment_passes_through_to_the_backend() {
     let routes = routes_file(
         dir.path(),
         port,
-        &mock_cmd(port, &[]),
+        &mock_command(port, &[]),
         "  env: { DECLARED_VAR: from-routes, DAYDREAM_SCOPE_LOGS_DIR: /tmp/scope-logs }",
     );
     let r = supervised(
@@ -377,7 +365,7 @@ async fn unhealthy_backend_is_restarted() {
     let routes = routes_file(
         dir.path(),
         port,
-        &mock_cmd(port, &[]),
+        &mock_command(port, &[]),
         "  restart: { policy: always, backoff: { initial: 100ms, max: 1s } }\n  stop: { grace: 1s }",
     );
     let r = supervised(&routes, &[]);

@@ -778,3 +778,16 @@ fn parse_server_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     }
     Some((op, buf[at..at + len].to_vec(), at + len))
 }
+
+/// The command line of a supervised `mock-scope` on `port`, as a routes file's `backend.command` wants it.
+pub fn mock_command(port: u16, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        MOCK.to_owned(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
