@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo bench --bench hot_path` (about a minute). Each group isolates one step so a
 //! regression points at its stage:
-//! - `decode`: `codec::decode` of the text frame;
+//! - `decode`: `envelope::decode` of the text frame;
 //! - `dispatch`: the whole compiled route stack (metrics → validate → gate → handler) for messages
 //!   answered without the backend: `ping`, `ping_noschema` and `icecandidate` with
 //!   `candidate: null` (acknowledged locally once the connection has a session);
@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use scope_router::backend::Backend;
-use scope_router::codec::{Request, decode};
-use scope_router::route::RouteTable;
-use scope_router::session::ConnCtx;
+use scope_router::conn::ConnHandle;
+use scope_router::envelope::{Answer, Request, decode};
+use scope_router::handler::signaling::Sessions;
+use scope_router::publish::Readiness;
+use scope_router::snapshot::{self, Overrides, Runtime, Snapshot};
 use scope_router::template::{Ctx, ResponseVars, Scope, Template};
 use scope_router::validate::CompiledSchema;
 use serde_json::json;
@@ -42,21 +43,30 @@ fn repo() -> &'static Path {
 /// The benchmark's routes (`benches/routes.yaml`: the default routes plus `ping_noschema`),
 /// compiled as the router compiles them, with the Prometheus recorder installed so the
 /// per-route metrics cost what they cost in production.
-fn table() -> RouteTable {
+fn table() -> Snapshot {
     let _ = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder();
-    let loaded = scope_router::config::load(&repo().join("benches/routes.yaml")).unwrap();
-    let backend = Arc::new(Backend::new(
-        "http://127.0.0.1:9",
-        &loaded.file.backend.pool,
-    ));
-    RouteTable::compile(loaded, backend).unwrap()
+    let rt = Runtime::standalone(Readiness::new(true, true, "healthy"));
+    snapshot::load(
+        &repo().join("benches/routes.yaml"),
+        &Overrides::default(),
+        &rt,
+    )
+    .unwrap()
+    .snapshot
+}
+
+fn answer_text(answer: Answer) -> String {
+    match answer {
+        Answer::Reply(r) => r.text,
+        Answer::Streamed => String::new(),
+    }
 }
 
 fn schema(name: &str) -> CompiledSchema {
     CompiledSchema::load(&repo().join("schemas").join(name)).unwrap()
 }
 
-fn request(text: &str, conn: &Arc<ConnCtx>) -> Request {
+fn request(text: &str, conn: &Arc<ConnHandle>) -> Request {
     let (msg, request_id) = decode(text).unwrap();
     Request {
         msg,
@@ -79,8 +89,9 @@ fn bench_dispatch(c: &mut Criterion) {
         .build()
         .unwrap();
     let table = table();
-    let conn = Arc::new(ConnCtx::new("1a2b3c4d"));
-    conn.add_session("0123456789abcdef0123456789abcdef");
+    let conn = ConnHandle::new("1a2b3c4d");
+    conn.state::<Sessions>()
+        .add("0123456789abcdef0123456789abcdef");
     let mut g = c.benchmark_group("dispatch");
     for (name, text, expect) in [
         ("ping", PING, "pong"),
@@ -88,8 +99,8 @@ fn bench_dispatch(c: &mut Criterion) {
         ("icecandidate_end", ICE_END, "end_of_candidates"),
     ] {
         // The reply is what a client would get, so the bench measures the real path.
-        let reply = rt.block_on(table.dispatch(request(text, &conn)));
-        assert!(reply.text.contains(expect), "{name}: {}", reply.text);
+        let reply = answer_text(rt.block_on(table.table.dispatch(request(text, &conn))));
+        assert!(reply.contains(expect), "{name}: {reply}");
         // decode → route → validate → handler → template, as the session loop runs it.
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -99,7 +110,7 @@ fn bench_dispatch(c: &mut Criterion) {
                     request_id,
                     conn: conn.clone(),
                 };
-                rt.block_on(table.dispatch(req))
+                rt.block_on(table.table.dispatch(req))
             });
         });
     }
@@ -124,7 +135,7 @@ fn bench_validate(c: &mut Criterion) {
 
 fn bench_api(c: &mut Criterion) {
     let api = schema("api.json");
-    let conn = Arc::new(ConnCtx::new("1a2b3c4d"));
+    let conn = ConnHandle::new("1a2b3c4d");
     // The default `api` route's reply template.
     let reply = Template::compile_reply(
         &json!({ "type": "api_response", "status": "${response.status}", "data": "${response.json}" }),

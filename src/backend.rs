@@ -1,12 +1,11 @@
-//! The one shared keep-alive HTTP client to the backend, and the backend's published readiness.
+//! The one shared keep-alive HTTP client pool, and the backend as a snapshot addresses it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Request, StatusCode, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -44,52 +43,18 @@ pub enum BackendError {
     Failed(String),
 }
 
-/// Whether the backend may be called, as published by the health probe or supervisor.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    healthy: AtomicBool,
-    /// When set, calls are refused fast while unhealthy (a supervised child that is starting or restarting).
-    gate: AtomicBool,
-    /// A human-readable state for `/readyz`.
-    status: ArcSwap<String>,
-}
-
-impl Readiness {
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
-    }
-
-    /// True when a call should be refused without trying.
-    pub fn refuse_calls(&self) -> bool {
-        self.gate.load(Ordering::Relaxed) && !self.healthy.load(Ordering::Acquire)
-    }
-
-    pub fn set_gate(&self, gate: bool) {
-        self.gate.store(gate, Ordering::Relaxed);
-    }
-
-    pub fn set(&self, healthy: bool, status: impl Into<String>) {
-        self.healthy.store(healthy, Ordering::Release);
-        self.status.store(Arc::new(status.into()));
-    }
-
-    pub fn status(&self) -> Arc<String> {
-        self.status.load_full()
-    }
-}
-
-/// The backend: its base URL (swappable on reload) over one connection pool.
+/// The shared HTTP clients: one keep-alive pool to the backend, one for other hosts.
+///
+/// Created once per process; every snapshot's [`Upstream`] shares it, so a reload
+/// that changes the backend URL keeps the pool (and its idle connections to the same host).
 pub struct Backend {
     client: Client<HttpConnector, ReqBody>,
     /// Calls to other hosts (authorizers, CDN fetches), over https or http; never redirected.
     outbound: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-    base: ArcSwap<String>,
-    max_response_bytes: std::sync::atomic::AtomicUsize,
-    pub readiness: Readiness,
 }
 
 impl Backend {
-    pub fn new(base_url: &str, pool: &PoolConfig) -> Backend {
+    pub fn new(pool: &PoolConfig) -> Arc<Backend> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -107,86 +72,7 @@ impl Backend {
         let outbound = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
-        Backend {
-            client,
-            outbound,
-            base: ArcSwap::from_pointee(trim_base(base_url)),
-            max_response_bytes: pool.max_response_bytes.into(),
-            readiness: Readiness::default(),
-        }
-    }
-
-    /// Points the pool at a (possibly) new base URL; applies to the next call.
-    pub fn set_base(&self, base_url: &str, pool: &PoolConfig) {
-        let new = trim_base(base_url);
-        if *self.base.load_full() != new {
-            self.base.store(Arc::new(new));
-        }
-        self.max_response_bytes
-            .store(pool.max_response_bytes, Ordering::Relaxed);
-    }
-
-    pub fn base(&self) -> Arc<String> {
-        self.base.load_full()
-    }
-
-    /// One call: method, path with query, optional body, within `timeout` for the whole exchange.
-    pub async fn call(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<(Bytes, &str)>,
-        timeout: Duration,
-    ) -> Result<BackendResponse, BackendError> {
-        let uri: Uri = {
-            let base = self.base.load();
-            let mut s = String::with_capacity(base.len() + path_and_query.len());
-            s.push_str(&base);
-            s.push_str(path_and_query);
-            s.parse()
-                .map_err(|e| BackendError::BadRequest(format!("{e}")))?
-        };
-        self.send(method, uri, body, &[], timeout).await
-    }
-
-    /// One call to the backend's pool with a full URI and extra headers.
-    pub async fn send(
-        &self,
-        method: Method,
-        uri: Uri,
-        body: Option<(Bytes, &str)>,
-        headers: &[(header::HeaderName, String)],
-        timeout: Duration,
-    ) -> Result<BackendResponse, BackendError> {
-        let req = build_request(method, uri, body, headers)?.map(http_body_util::Either::Left);
-        let limit = self.max_response_bytes.load(Ordering::Relaxed);
-        exchange(&self.client, req, limit, timeout).await
-    }
-
-    /// One call with a streamed body of known length (an assembled upload).
-    pub async fn call_stream(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: BodyStream,
-        content_type: &str,
-        content_length: u64,
-        timeout: Duration,
-    ) -> Result<BackendResponse, BackendError> {
-        let uri: Uri = format!("{}{path_and_query}", self.base.load())
-            .parse()
-            .map_err(|e| BackendError::BadRequest(format!("{e}")))?;
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::CONTENT_LENGTH, content_length)
-            .body(http_body_util::Either::Right(
-                http_body_util::StreamBody::new(body),
-            ))
-            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
-        let limit = self.max_response_bytes.load(Ordering::Relaxed);
-        exchange(&self.client, req, limit, timeout).await
+        Arc::new(Backend { client, outbound })
     }
 
     /// One call to another host (an authorizer, a CDN), http or https, body capped at `limit`.
@@ -201,6 +87,114 @@ impl Backend {
     ) -> Result<BackendResponse, BackendError> {
         let req = build_request(method, uri, body, headers)?;
         exchange(&self.outbound, req, limit, timeout).await
+    }
+}
+
+/// The backend as one snapshot sees it: its base URL, parsed once at load, over the shared pool.
+pub struct Upstream {
+    pool: Arc<Backend>,
+    scheme: Scheme,
+    authority: Authority,
+    /// A path the base URL carries (usually none), put before every call's path.
+    prefix: String,
+    /// The base URL as written (trailing `/` removed), for logs and `/readyz`.
+    base: String,
+    max_response_bytes: usize,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// The backend at `base_url` (a plain `http://host:port`), over `pool`.
+    pub fn new(
+        pool: Arc<Backend>,
+        base_url: &str,
+        max_response_bytes: usize,
+    ) -> Result<Upstream, String> {
+        let uri: Uri = base_url.parse().map_err(|e| format!("{e}"))?;
+        let parts = uri.into_parts();
+        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+            return Err("must be an http:// URL with a host".to_owned());
+        };
+        if scheme != Scheme::HTTP {
+            return Err("must be an http:// URL with a host".to_owned());
+        }
+        let prefix = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        Ok(Upstream {
+            pool,
+            scheme,
+            authority,
+            prefix,
+            base: base_url.trim_end_matches('/').to_owned(),
+            max_response_bytes,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The shared pools (for calls to other hosts).
+    pub fn pool(&self) -> &Backend {
+        &self.pool
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, BackendError> {
+        let builder = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
+        let builder = if self.prefix.is_empty() {
+            builder.path_and_query(path_and_query)
+        } else {
+            builder.path_and_query(format!("{}{path_and_query}", self.prefix))
+        };
+        builder
+            .build()
+            .map_err(|e| BackendError::BadRequest(format!("{e}")))
+    }
+
+    /// One call: method, path with query, optional body, within `timeout` for the whole exchange.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &str)>,
+        timeout: Duration,
+    ) -> Result<BackendResponse, BackendError> {
+        let uri = self.uri(path_and_query)?;
+        let req = build_request(method, uri, body, &[])?.map(http_body_util::Either::Left);
+        exchange(&self.pool.client, req, self.max_response_bytes, timeout).await
+    }
+
+    /// One call with a streamed body of known length (an assembled upload).
+    pub async fn call_stream(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: BodyStream,
+        content_type: &str,
+        content_length: u64,
+        timeout: Duration,
+    ) -> Result<BackendResponse, BackendError> {
+        let req = Request::builder()
+            .method(method)
+            .uri(self.uri(path_and_query)?)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_LENGTH, content_length)
+            .body(http_body_util::Either::Right(
+                http_body_util::StreamBody::new(body),
+            ))
+            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        exchange(&self.pool.client, req, self.max_response_bytes, timeout).await
     }
 
     /// One health probe: true on a 2xx within `timeout`.
@@ -284,10 +278,6 @@ where
     }
 }
 
-fn trim_base(url: &str) -> String {
-    url.trim_end_matches('/').to_owned()
-}
-
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -297,30 +287,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-/// Probes the backend forever, publishing readiness (used when nothing is supervised).
-pub async fn probe_loop(backend: Arc<Backend>, health: crate::config::HealthConfig) {
-    let mut failures = 0u32;
-    loop {
-        let ok = backend.probe(&health.path, health.timeout.0).await;
-        if ok {
-            if !backend.readiness.is_healthy() {
-                tracing::info!(url = %backend.base(), "backend is healthy");
-            }
-            failures = 0;
-            backend.readiness.set(true, "healthy");
-        } else {
-            failures = failures.saturating_add(1);
-            if failures >= health.failure_threshold.max(1) || !backend.readiness.is_healthy() {
-                if backend.readiness.is_healthy() {
-                    tracing::warn!(url = %backend.base(), failures, "backend stopped answering its health probe");
-                }
-                backend
-                    .readiness
-                    .set(false, format!("health probe failing ({failures} in a row)"));
-            }
-        }
-        tokio::time::sleep(health.interval.0).await;
-    }
 }

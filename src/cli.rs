@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::backend::Backend;
-use crate::route::RouteTable;
-use crate::server::{self, AppState};
+use crate::control::ControlPlane;
+use crate::server::{self, Listener};
+use crate::snapshot::{Overrides, Snapshot};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -153,13 +153,8 @@ pub fn routes_schema() -> String {
 }
 
 /// Loads and compiles a routes file without serving it.
-fn offline_table(routes: &Path) -> anyhow::Result<RouteTable> {
-    let loaded = crate::config::load(routes)?;
-    let backend = Arc::new(Backend::new(
-        &loaded.file.backend.url,
-        &loaded.file.backend.pool,
-    ));
-    Ok(RouteTable::compile(loaded, backend)?)
+fn offline_table(routes: &Path) -> anyhow::Result<Snapshot> {
+    Ok(crate::snapshot::offline(routes)?)
 }
 
 fn check(
@@ -231,29 +226,25 @@ fn check(
 }
 
 fn validate(routes: &Path) -> ExitCode {
-    let loaded = match crate::config::load(routes) {
-        Ok(l) => l,
+    // Tools compile with a runtime, as serving does (the HTTP pools need one to exist).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = crate::config::reload::url_check(routes, &loaded.file.backend.url) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
-    let backend = Arc::new(Backend::new(
-        &loaded.file.backend.url,
-        &loaded.file.backend.pool,
-    ));
-    match RouteTable::compile(loaded, backend) {
-        Ok(table) => {
+    match rt.block_on(async { crate::snapshot::offline(routes) }) {
+        Ok(snap) => {
             println!(
                 "{}: ok ({} routes, {} schemas, version {})",
                 routes.display(),
-                table.routes().count(),
-                table.schemas.by_name.len(),
-                table.version
+                snap.table.routes().count(),
+                snap.schemas.by_name.len(),
+                snap.meta.version
             );
             ExitCode::SUCCESS
         }
@@ -290,77 +281,56 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .install_recorder()
         .ok();
 
-    let mut loaded = crate::config::load(&args.routes)?;
-    if let Some(url) = &args.backend_url {
-        loaded.file.backend.url = url.clone();
-    }
-    crate::config::reload::url_check(&args.routes, &loaded.file.backend.url)?;
+    // The control plane: first load, reload, supervision. It publishes; the listener reads.
+    let overrides = Overrides {
+        backend_url: args.backend_url.clone(),
+    };
+    let control = ControlPlane::load(&args.routes, overrides)?;
     let listen = args
         .listen
         .clone()
-        .unwrap_or_else(|| loaded.file.listen.clone());
-    let started_with = Arc::new(loaded.file.clone());
-    let backend_cfg = loaded.file.backend.clone();
-    let backend = Arc::new(Backend::new(&backend_cfg.url, &backend_cfg.pool));
-    let table = RouteTable::compile(loaded, backend.clone())?;
-    let state = AppState::new(table, backend.clone(), metrics);
+        .unwrap_or_else(|| control.file.listen.clone());
+    control.watch(
+        args.listen.clone(),
+        (!args.no_watch).then_some(args.reload_debounce),
+    )?;
+    let supervisor = control.start_backend(!args.no_supervise);
 
-    let reloader = crate::config::reload::Reloader {
-        state: state.clone(),
-        routes: args.routes.clone(),
-        backend_url_override: args.backend_url.clone(),
-        listen_override: args.listen.clone(),
-        started_with,
-    };
-    crate::config::reload::on_sighup(reloader.clone());
-    if !args.no_watch {
-        crate::config::reload::watch(reloader, args.reload_debounce)?;
-    }
-
-    state.transfers.spawn_sweeper();
-    let supervised = backend_cfg.command.is_some() && !args.no_supervise;
-    let supervisor = if supervised {
-        let base_dir = args.routes.parent().map(Path::to_owned).unwrap_or_default();
-        Some(crate::supervisor::spawn(
-            backend_cfg.clone(),
-            base_dir,
-            backend.clone(),
-            state.clone(),
-            state.logs.clone(),
-        ))
-    } else {
-        tokio::spawn(crate::backend::probe_loop(
-            backend.clone(),
-            backend_cfg.health.clone(),
-        ));
-        None
-    };
+    // The data plane reads only views of what the control plane publishes.
+    let state = Arc::new(Listener {
+        sessions: Arc::new(crate::session::Shared {
+            snapshot: control.snapshot.view(),
+            uploads: control.runtime.uploads.clone(),
+            logs: control.logs.clone(),
+            slots: Default::default(),
+        }),
+        readiness: control.readiness.view(),
+        supervisor: control.supervisor_status.view(),
+        reload: control.reload_status.view(),
+        metrics,
+        shutdown: tokio::sync::watch::channel(false).0,
+        connections_total: Default::default(),
+    });
 
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     println!("scope-router listening on http://{addr} (WebSocket: ws://{addr}/ws)");
-    tracing::info!(%addr, backend = %backend.base(), routes = %args.routes.display(), "listening");
+    tracing::info!(%addr, backend = %control.snapshot.current().upstream.base(), routes = %args.routes.display(), "listening");
 
     let app = server::app(state.clone());
     let stop_state = state.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("stopping: no new connections; closing clients with 1001");
-            stop_state.shutdown.send_replace(true);
-        })
-        .await?;
+    server::serve(listener, app, async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: no new connections; closing clients with 1001");
+        stop_state.shutdown.send_replace(true);
+    })
+    .await?;
     // Upgraded sockets outlive the listener; give them their grace to finish.
-    let grace = backend_cfg.stop.grace.0;
+    let grace = control.file.backend.stop.grace.0;
     let deadline = tokio::time::Instant::now() + grace;
-    while state
-        .open_sessions
-        .load(std::sync::atomic::Ordering::Acquire)
-        > 0
-        && tokio::time::Instant::now() < deadline
-    {
+    while state.sessions.slots.open() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if let Some(s) = supervisor {

@@ -9,7 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::route::{DEFAULT_ROUTE, Route, RouteTable};
+use crate::route::{DEFAULT_ROUTE, Route};
+use crate::snapshot::Snapshot as RouteTable;
 use crate::validate::CompiledSchema;
 
 /// What a case expects.
@@ -54,9 +55,9 @@ fn order(route: &Route) -> u8 {
 
 /// Every case the routes and schemas describe, in run order.
 pub fn cases(table: &RouteTable) -> Vec<Case> {
-    let mut routes: Vec<&Route> = table.routes().collect();
+    let mut routes: Vec<&Route> = table.table.routes().collect();
     routes.sort_by_key(|r| (order(r), r.name.to_string()));
-    let key = table.key.name().trim_start_matches('/').to_owned();
+    let key = table.table.key.name().trim_start_matches('/').to_owned();
     let mut out = Vec::new();
     for route in routes {
         if &*route.name == DEFAULT_ROUTE {
@@ -147,7 +148,10 @@ pub fn judge(table: &RouteTable, case: &Case, rid: &str, reply: &Value) -> Resul
     let kind = reply.get("type").and_then(Value::as_str).unwrap_or("");
     match &case.expect {
         Expect::Valid => {
-            let route = table.route(&case.route).ok_or("route no longer exists")?;
+            let route = table
+                .table
+                .route(&case.route)
+                .ok_or("route no longer exists")?;
             if kind == "error" && !route.reply_schemas.iter().any(|s| s == "error.json") {
                 return Err(format!("error reply: {reply}"));
             }
@@ -186,7 +190,7 @@ pub fn judge(table: &RouteTable, case: &Case, rid: &str, reply: &Value) -> Resul
 /// Validates a message by its type against `<type>.json` from the schemas directory, when there is one.
 pub fn check_unsolicited(table: &RouteTable, msg: &Value) -> Result<(), String> {
     let kind = msg.get("type").and_then(Value::as_str).unwrap_or("");
-    let file = table.source.schema_dir.join(format!("{kind}.json"));
+    let file = table.meta.schema_dir.join(format!("{kind}.json"));
     if !file.is_file() {
         return Ok(());
     }
@@ -362,7 +366,7 @@ pub fn asyncapi(table: &RouteTable) -> Value {
             json!({"$ref": format!("#/components/messages/{name}")}),
         );
     };
-    for route in table.routes() {
+    for route in table.table.routes() {
         let name = if &*route.name == DEFAULT_ROUTE {
             "unknown".to_owned()
         } else {
@@ -400,7 +404,7 @@ pub fn asyncapi(table: &RouteTable) -> Value {
     }
     // Messages the router sends on its own: ready on connect, errors, pushed logs.
     for own in ["ready", "error", "logs"] {
-        let file = table.source.schema_dir.join(format!("{own}.json"));
+        let file = table.meta.schema_dir.join(format!("{own}.json"));
         let schema = CompiledSchema::load(&file).ok().map(Arc::new);
         add_message(own, schema.as_ref(), format!("`{own}`, sent by the router"));
         operations.insert(
@@ -412,11 +416,11 @@ pub fn asyncapi(table: &RouteTable) -> Value {
         "asyncapi": "3.0.0",
         "info": {
             "title": "scope-router WebSocket API",
-            "version": table.version,
-            "description": format!("Generated from {} by `scope-router asyncapi`. Every message is a JSON text frame; a message's `request_id` is echoed in its reply.", file_name(&table.source.path)),
+            "version": table.meta.version,
+            "description": format!("Generated from {} by `scope-router asyncapi`. Every message is a JSON text frame; a message's `request_id` is echoed in its reply.", file_name(&table.meta.path)),
         },
         "servers": {
-            "router": {"host": table.source.file.listen, "protocol": "ws", "pathname": "/ws"},
+            "router": {"host": table.meta.listen, "protocol": "ws", "pathname": "/ws"},
         },
         "channels": {
             "ws": {"address": "/ws", "title": "The one WebSocket of a browser", "messages": channel_messages},

@@ -1,23 +1,41 @@
 //! scope-router: a declarative WebSocket routing proxy in front of the Scope video backend.
 //!
-//! Data flows one way: [`session`] reads a frame, [`codec`] decodes it,
-//! [`route`] picks the route's tower stack (validation from [`validate`], then a
-//! [`handler`]), and the reply goes back out. [`config`] loads what [`route`]
-//! compiles; the data path only reads the table it publishes.
+//! The data plane, bottom to top (each layer uses only the ones below it):
+//!
+//! 1. **Envelope, templates, validation**: [`envelope`] (request, answer, the one
+//!    failure-to-reply path), [`conn`] (the narrow connection handle), [`template`],
+//!    [`validate`] and the generic [`guard`] layer; beside them the [`backend`] HTTP
+//!    pool, [`pathsafe`] and the [`publish`] handles.
+//! 2. **Handlers**: [`handler`] (reply, forward, signaling, transfer), each behind one
+//!    generic service adapter, each owning its per-connection state.
+//! 3. **Route table and snapshot**: [`route`] builds each route's stack; [`policy`]
+//!    compiles the connection's limits, auth and hooks; [`snapshot`] compiles a whole
+//!    routes file into one immutable [`snapshot::Snapshot`].
+//! 4. **Session**: [`session`] runs one connection over the snapshot it reads.
+//! 5. **Listener**: [`server`] accepts upgrades and serves the status endpoints.
+//!
+//! The control plane, [`control`], sits beside it: the first load, reload, supervision
+//! and health probing. It publishes snapshots, readiness and status through
+//! [`publish::Publisher`]s; the data plane reads their [`publish::View`]s and never
+//! imports it. [`config`] is pure (types and parsing); [`cli`] and [`contract`] are the
+//! tools on top.
 
-pub mod auth;
 pub mod backend;
-pub mod cleanup;
 pub mod cli;
-pub mod codec;
 pub mod config;
+pub mod conn;
 pub mod contract;
+pub mod control;
+pub mod envelope;
+pub mod guard;
 pub mod handler;
+pub(crate) mod json;
 pub mod pathsafe;
+pub mod policy;
+pub mod publish;
 pub mod route;
 pub mod server;
 pub mod session;
-pub mod supervisor;
+pub mod snapshot;
 pub mod template;
-pub mod transfer;
 pub mod validate;

@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{RawQuery, State};
@@ -15,87 +14,40 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::backend::Backend;
-use crate::route::RouteTable;
-use crate::session::{self, ConnCtx};
+use crate::conn::ConnHandle;
+use crate::publish::{Readiness, ReloadStatus, SupervisorStatus, View};
+use crate::session::{self, Shared};
 
-/// The outcome of the last reload attempt, for `/readyz` and `/admin/config`.
-#[derive(Debug, Clone, Default)]
-pub struct ReloadStatus {
-    pub last_error: Option<String>,
-    pub last_attempt_unix: Option<f64>,
-    /// Changed fields that only apply on restart.
-    pub pending_restart: Vec<String>,
-}
-
-/// Everything the listener and the connections share.
-pub struct AppState {
-    /// The live route table; replaced whole on reload, never locked.
-    pub table: ArcSwap<RouteTable>,
-    pub backend: Arc<Backend>,
+/// What the listener reads: the sessions' shared state and the control plane's status.
+pub struct Listener {
+    pub sessions: Arc<Shared>,
+    pub readiness: View<Readiness>,
+    pub supervisor: View<Option<SupervisorStatus>>,
+    pub reload: View<ReloadStatus>,
     pub metrics: Option<PrometheusHandle>,
-    pub reload: ArcSwap<ReloadStatus>,
     /// Flips to true when the router is stopping.
     pub shutdown: watch::Sender<bool>,
-    /// Extra readiness detail from the supervisor (crash loops and the like).
-    pub supervisor_status: ArcSwap<Option<serde_json::Value>>,
     pub connections_total: AtomicU64,
-    /// Uploads being assembled (they outlive connections, for resume).
-    pub transfers: Arc<crate::transfer::Transfers>,
-    /// Backend log lines for clients that asked for them (a lagging client loses the oldest).
-    pub logs: tokio::sync::broadcast::Sender<Arc<str>>,
-    /// Connections admitted and not yet in cleanup (checked against `max_connections`).
-    pub serving: std::sync::atomic::AtomicUsize,
-    /// Connections running their disconnect steps; a `ready` may wait for zero.
-    pub cleaning: watch::Sender<usize>,
-    /// Connections being served right now (including their disconnect hooks).
-    pub open_sessions: std::sync::atomic::AtomicUsize,
 }
 
-impl AppState {
-    pub fn new(
-        table: RouteTable,
-        backend: Arc<Backend>,
-        metrics: Option<PrometheusHandle>,
-    ) -> Arc<Self> {
-        let (shutdown, _) = watch::channel(false);
-        let queue = table.source.file.backend.logs.queue.max(1);
-        let transfers = crate::transfer::Transfers::new(table.source.file.transfers.clone());
-        let (logs, _) = tokio::sync::broadcast::channel(queue);
-        Arc::new(Self {
-            table: ArcSwap::from_pointee(table),
-            backend,
-            metrics,
-            reload: ArcSwap::from_pointee(ReloadStatus::default()),
-            shutdown,
-            supervisor_status: ArcSwap::from_pointee(None),
-            connections_total: AtomicU64::new(0),
-            open_sessions: std::sync::atomic::AtomicUsize::new(0),
-            serving: std::sync::atomic::AtomicUsize::new(0),
-            cleaning: watch::channel(0).0,
-            logs,
-            transfers,
-        })
-    }
-
+impl Listener {
     fn config_json(&self) -> serde_json::Value {
-        let table = self.table.load();
+        let snap = self.sessions.snapshot.load();
         let reload = self.reload.load();
-        let loaded = table
+        let loaded = snap
+            .meta
             .loaded_at
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or_default();
         json!({
-            "version": table.version,
-            "file": table.source.path.display().to_string(),
+            "version": snap.meta.version,
+            "file": snap.meta.path.display().to_string(),
             "loaded_at": loaded,
             "last_reload_error": reload.last_error,
             "last_reload_attempt": reload.last_attempt_unix,
             "pending_restart": reload.pending_restart,
-            "routes": table.routes().map(|r| json!({
-                "name": &*r.name, "kind": r.kind, "schema": r.schema, "reply_schemas": r.reply_schemas,
-            })).collect::<Vec<_>>(),
+            "routes": snap.describe_routes(),
         })
     }
 }
@@ -104,18 +56,8 @@ impl AppState {
 const READ_BUFFER: usize = 8 * 1024;
 
 /// Builds the HTTP app.
-pub fn app(state: Arc<AppState>) -> Router {
-    let static_dir = {
-        let table = state.table.load();
-        table.source.file.static_files.as_ref().map(|d| {
-            table
-                .source
-                .path
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join(d)
-        })
-    };
+pub fn app(state: Arc<Listener>) -> Router {
+    let static_dir = state.sessions.snapshot.load().meta.static_dir.clone();
     let router = Router::new()
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
@@ -130,12 +72,12 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 async fn ws(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Listener>>,
     RawQuery(query): RawQuery,
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let max = state.table.load().connection.max_message_bytes;
+    let max = state.sessions.snapshot.load().policy.max_message_bytes;
     let shutdown = state.shutdown.subscribe();
     if *shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
@@ -152,14 +94,10 @@ async fn ws(
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             let upgrade = session::Upgrade {
-                token: crate::auth::token_from(query.as_deref(), authorization),
+                token: crate::policy::auth::token_from(query.as_deref(), authorization),
             };
-            let conn = Arc::new(ConnCtx::with(
-                ConnCtx::new_id(),
-                state.transfers.clone(),
-                upgrade.token.as_deref(),
-            ));
-            session::serve(socket, state, conn, upgrade, shutdown)
+            let conn = ConnHandle::with_token(ConnHandle::new_id(), upgrade.token.as_deref());
+            session::serve(socket, state.sessions.clone(), conn, upgrade, shutdown)
         })
 }
 
@@ -167,24 +105,25 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let backend_ok = state.backend.readiness.is_healthy();
-    let table = state.table.load();
+async fn readyz(State(state): State<Arc<Listener>>) -> impl IntoResponse {
+    let readiness = state.readiness.load_full();
+    let snap = state.sessions.snapshot.load();
     let reload = state.reload.load();
+    let supervisor = state.supervisor.load();
     let body = json!({
-        "ready": backend_ok,
+        "ready": readiness.healthy,
         "backend": {
-            "url": &*state.backend.base(),
-            "healthy": backend_ok,
-            "status": &*state.backend.readiness.status(),
-            "supervisor": &**state.supervisor_status.load(),
+            "url": snap.upstream.base(),
+            "healthy": readiness.healthy,
+            "status": &readiness.status,
+            "supervisor": &**supervisor,
         },
         "config": {
-            "version": table.version,
+            "version": snap.meta.version,
             "last_reload_error": reload.last_error,
         },
     });
-    let code = if backend_ok {
+    let code = if readiness.healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -192,7 +131,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (code, axum::Json(body))
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics(State(state): State<Arc<Listener>>) -> Response {
     match &state.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -203,14 +142,25 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn admin_config(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn admin_config(State(state): State<Arc<Listener>>) -> impl IntoResponse {
     axum::Json(state.config_json())
 }
 
-/// Seconds since the epoch, for status documents.
-pub fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
+/// Serves `app` on `listener` until `stop` resolves. Accepted sockets get `TCP_NODELAY`:
+/// a reply and a pushed message are separate small writes, and with Nagle's algorithm the
+/// second waits for the client's delayed ACK (about 40 ms).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
 }

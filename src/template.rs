@@ -166,7 +166,7 @@ impl Template {
     /// Compiles a reply template, which must be an object.
     pub fn compile_reply(v: &Value, scope: Scope) -> Result<Template, TemplateError> {
         if !v.is_object() {
-            return Err(TemplateError::NotObject(crate::codec::kind_of(v)));
+            return Err(TemplateError::NotObject(crate::json::kind_of(v)));
         }
         Template::compile(v, scope)
     }

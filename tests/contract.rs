@@ -3,23 +3,15 @@
 
 mod common;
 
+use common::*;
+use scope_router::contract::{self, Expect};
+use scope_router::snapshot::Snapshot;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
-use common::*;
-use scope_router::backend::Backend;
-use scope_router::contract::{self, Expect};
-use scope_router::route::RouteTable;
-use serde_json::{Value, json};
-
-fn table(routes: &Path) -> RouteTable {
-    let loaded = scope_router::config::load(routes).unwrap();
-    let backend = Arc::new(Backend::new(
-        &loaded.file.backend.url,
-        &loaded.file.backend.pool,
-    ));
-    RouteTable::compile(loaded, backend).unwrap()
+fn table(routes: &Path) -> Snapshot {
+    scope_router::snapshot::offline(routes).unwrap()
 }
 
 /// A copy of the default routes in a tempdir, with `edit` applied and the schema path made absolute.

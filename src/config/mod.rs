@@ -1,6 +1,5 @@
-//! Loading `routes.yaml`: parse with line and column, resolve paths, and hash what was loaded.
+//! The configuration, pure: the typed shape of `routes.yaml`, parsing with line and column, and the version hash.
 
-pub mod reload;
 mod types;
 
 use std::fmt;
@@ -70,7 +69,7 @@ pub struct Loaded {
 /// Largest routes file accepted.
 const MAX_ROUTES_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Reads and parses a routes file (structure only; see [`crate::route::RouteTable::compile`] for the rest).
+/// Reads and parses a routes file (structure only; [`crate::snapshot::load`] checks and compiles the rest).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let meta =
         std::fs::metadata(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
@@ -99,9 +98,18 @@ pub fn parse(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
         with_snippet: false,
     };
     let file: RoutesFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let message = strip_location(&e.to_string());
+        let mut message = strip_location(&e.to_string());
         match e.location() {
-            Some(loc) => ConfigError::at(path, loc, message),
+            Some(loc) => {
+                // A route's own check (exactly one handler) cannot see its name: find the
+                // key that owns the mapping at this place and name it.
+                if message.starts_with(types::ROUTE_HANDLER_ERROR)
+                    && let Some(name) = owning_key(text, loc.line(), loc.column())
+                {
+                    message = format!("route `{name}`: {message}");
+                }
+                ConfigError::at(path, loc, message)
+            }
             None => ConfigError::new(path, message),
         }
     })?;
@@ -112,6 +120,23 @@ pub fn parse(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
         ));
     }
     Ok(file)
+}
+
+/// The key of the mapping whose first entry is at `line:column` (1-based): the nearest line
+/// at or above it that is indented less and names a key.
+fn owning_key(text: &str, line: u64, column: u64) -> Option<String> {
+    let line = usize::try_from(line).ok()?;
+    let column = usize::try_from(column).ok()?.saturating_sub(1);
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    lines.iter().rev().find_map(|l| {
+        let indent = l.len() - l.trim_start().len();
+        let t = l.trim_start();
+        if indent >= column || t.is_empty() || t.starts_with('#') {
+            return None;
+        }
+        let (key, _) = t.split_once(':')?;
+        Some(key.trim().trim_matches(['"', '\'']).to_owned())
+    })
 }
 
 /// serde-saphyr appends " at line L column C"; we print the place up front instead.
@@ -165,6 +190,17 @@ mod tests {
             "    reply: { type: pong }\n    replyy: 1",
         );
         insta::assert_snapshot!(err(&text), @"routes.yaml:7:5: unknown field `replyy`, expected one of schema, reply_schemas, reply, forward, signaling, transfer");
+    }
+
+    #[test]
+    fn two_handlers_name_their_route() {
+        let text = MIN.replace(
+            "    reply: { type: pong }",
+            "    reply: { type: pong }\n    signaling: { action: offer }",
+        );
+        insta::assert_snapshot!(err(&text), @"routes.yaml:6:5: route `ping`: a route needs exactly one of `reply`, `forward`, `signaling` or `transfer`");
+        let flow = MIN.replace("  ping:\n    reply: { type: pong }", "  ping: {}");
+        assert!(err(&flow).contains("route `ping`"), "{}", err(&flow));
     }
 
     #[test]

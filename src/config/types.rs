@@ -38,7 +38,7 @@ pub struct RoutesFile {
     #[serde(default)]
     pub static_files: Option<PathBuf>,
     /// Message routes, keyed by the value of the routing field. `$default` catches the rest.
-    #[schemars(with = "BTreeMap<String, RouteConfig>")]
+    #[schemars(with = "BTreeMap<String, RawRoute>")]
     pub routes: BTreeMap<String, Spanned<RouteConfig>>,
 }
 
@@ -220,7 +220,7 @@ impl Default for BackoffConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StopConfig {
     /// Signal sent to the backend's process group first (`SIGTERM`, `SIGINT`, `SIGQUIT`, `SIGHUP`).
-    pub signal: String,
+    pub signal: StopSignal,
     /// Time allowed after the signal (and for in-flight requests) before SIGKILL.
     pub grace: Dur,
 }
@@ -228,10 +228,23 @@ pub struct StopConfig {
 impl Default for StopConfig {
     fn default() -> Self {
         Self {
-            signal: "SIGTERM".to_owned(),
+            signal: StopSignal::Sigterm,
             grace: Dur::secs(10),
         }
     }
+}
+
+/// The signal that asks the backend to stop.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+pub enum StopSignal {
+    #[serde(rename = "SIGTERM", alias = "TERM", alias = "sigterm", alias = "term")]
+    Sigterm,
+    #[serde(rename = "SIGINT", alias = "INT", alias = "sigint", alias = "int")]
+    Sigint,
+    #[serde(rename = "SIGQUIT", alias = "QUIT", alias = "sigquit", alias = "quit")]
+    Sigquit,
+    #[serde(rename = "SIGHUP", alias = "HUP", alias = "sighup", alias = "hup")]
+    Sighup,
 }
 
 /// Backend log handling.
@@ -417,10 +430,47 @@ fn default_auth_timeout() -> Dur {
     Dur::secs(5)
 }
 
-/// One route: exactly one of `reply`, `forward` or `signaling`.
+/// One route: an optional schema and exactly one handler.
+///
+/// "Exactly one" is checked while deserializing (through [`RawRoute`]), so the error
+/// is placed at the route's line and no later code counts handlers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawRoute")]
+pub struct RouteConfig {
+    /// JSON Schema file every message of this route must satisfy.
+    pub schema: Option<String>,
+    /// Schema files a reply of this route may satisfy.
+    pub reply_schemas: Vec<String>,
+    /// What the route does.
+    pub handler: HandlerConfig,
+}
+
+/// The handler of a route.
+#[derive(Debug, Clone)]
+pub enum HandlerConfig {
+    Reply(Value),
+    Forward(Box<ForwardConfig>),
+    Signaling(SignalingConfig),
+    Transfer(TransferRoute),
+}
+
+impl HandlerConfig {
+    /// The handler kind's name, for `/admin/config` and tooling.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandlerConfig::Reply(_) => "reply",
+            HandlerConfig::Forward(_) => "forward",
+            HandlerConfig::Signaling(_) => "signaling",
+            HandlerConfig::Transfer(_) => "transfer",
+        }
+    }
+}
+
+/// One route as written: exactly one of `reply`, `forward`, `signaling` or `transfer`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig {
+#[schemars(rename = "RouteConfig")]
+pub struct RawRoute {
     /// JSON Schema file (in the schemas directory) every message of this route must satisfy.
     #[serde(default)]
     pub schema: Option<String>,
@@ -439,6 +489,43 @@ pub struct RouteConfig {
     /// A step of a chunked transfer.
     #[serde(default)]
     pub transfer: Option<TransferRoute>,
+}
+
+/// The start of the error a route without exactly one handler gets.
+pub(crate) const ROUTE_HANDLER_ERROR: &str = "a route needs exactly one of";
+
+impl TryFrom<RawRoute> for RouteConfig {
+    type Error = String;
+
+    fn try_from(raw: RawRoute) -> Result<Self, String> {
+        let mut handlers = Vec::new();
+        if let Some(r) = raw.reply {
+            handlers.push(HandlerConfig::Reply(r));
+        }
+        if let Some(f) = raw.forward {
+            handlers.push(HandlerConfig::Forward(Box::new(f)));
+        }
+        if let Some(s) = raw.signaling {
+            handlers.push(HandlerConfig::Signaling(s));
+        }
+        if let Some(t) = raw.transfer {
+            handlers.push(HandlerConfig::Transfer(t));
+        }
+        let handler = match (handlers.pop(), handlers.is_empty()) {
+            (Some(h), true) => h,
+            _ => {
+                return Err(
+                    "a route needs exactly one of `reply`, `forward`, `signaling` or `transfer`"
+                        .to_owned(),
+                );
+            }
+        };
+        Ok(RouteConfig {
+            schema: raw.schema,
+            reply_schemas: raw.reply_schemas,
+            handler,
+        })
+    }
 }
 
 /// A transfer route.

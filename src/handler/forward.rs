@@ -1,8 +1,6 @@
 //! The `forward` handler: one HTTP call to the backend per message, and a reply rendered from the response.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -10,13 +8,22 @@ use bytes::Bytes;
 use globset::{GlobMatcher, GlobSet};
 use hyper::Method;
 use serde_json::Value;
-use tower::Service;
 
-use super::HandlerFuture;
-use crate::backend::{Backend, BackendError};
-use crate::codec::{Outcome, Reply, Request};
+use super::Handle;
+use super::transfer::{self, Settings};
+use crate::backend::{BackendError, Upstream};
+use crate::envelope::{Answer, Outcome, Reply, Request};
 use crate::pathsafe;
 use crate::template::{Ctx, ErrorVars, ResponseVars, Template};
+
+/// Uploads by URL (`_cdn_url`), compiled at load.
+#[derive(Debug, Clone)]
+pub struct CdnSpec {
+    pub allow_hosts: Vec<String>,
+    pub allow_http: bool,
+    pub max_bytes: usize,
+    pub timeout: Duration,
+}
 
 /// Where method, path and body come from.
 pub enum Target {
@@ -41,6 +48,9 @@ pub struct TimeoutRule {
 /// Everything a forward route needs, compiled at load.
 pub struct ForwardSpec {
     pub route: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    /// Chunked-download settings (large binary replies).
+    pub transfers: Arc<Settings>,
     pub target: Target,
     pub methods: Vec<Method>,
     pub allow: GlobSet,
@@ -53,35 +63,26 @@ pub struct ForwardSpec {
     pub reply_binary: Option<Template>,
     pub on_error: Template,
     pub needs_parsed: bool,
-    pub cdn: Option<crate::config::CdnConfig>,
+    pub cdn: Option<CdnSpec>,
 }
 
-/// The forward service: cheap to clone, shares the backend pool.
-#[derive(Clone)]
+/// The forward handler of one route (its spec is shared with transfer routes that send through it).
 pub struct ForwardHandler {
-    backend: Arc<Backend>,
     spec: Arc<ForwardSpec>,
 }
 
 impl ForwardHandler {
-    pub fn new(backend: Arc<Backend>, spec: Arc<ForwardSpec>) -> Self {
-        Self { backend, spec }
+    pub fn new(spec: Arc<ForwardSpec>) -> Self {
+        Self { spec }
     }
 }
 
-impl Service<Request> for ForwardHandler {
-    type Response = Reply;
-    type Error = Infallible;
-    type Future = HandlerFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let backend = self.backend.clone();
-        let spec = self.spec.clone();
-        Box::pin(async move { Ok(spec.run(&backend, req).await) })
+impl Handle for ForwardHandler {
+    async fn handle(self: Arc<Self>, req: Request) -> Answer {
+        match self.spec.call(&req).await {
+            Ok(answer) => answer,
+            Err(f) => Answer::Reply(self.spec.render_failure(&req, &f)),
+        }
     }
 }
 
@@ -133,13 +134,6 @@ pub fn is_binary(content_type: &str) -> bool {
 }
 
 impl ForwardSpec {
-    async fn run(&self, backend: &Backend, req: Request) -> Reply {
-        match self.call(backend, &req).await {
-            Ok(reply) => reply,
-            Err(f) => self.render_failure(&req, &f),
-        }
-    }
-
     /// The fast refusal while the backend is known to be down, through `on_error` (a 503 `api_response` for `api`).
     pub fn unavailable(&self, req: &Request) -> Reply {
         self.render_failure(req, &Failure::from(BackendError::Unavailable))
@@ -212,20 +206,16 @@ impl ForwardSpec {
     }
 
     /// Sends an assembled upload, streamed from disk, and renders the reply as for any call.
-    pub async fn forward_upload(
-        &self,
-        backend: &Backend,
-        req: &Request,
-        upload: crate::transfer::Assembled,
-    ) -> Reply {
+    pub async fn forward_upload(&self, req: &Request, upload: transfer::Assembled) -> Reply {
         let result = async {
             let method = self.method(&upload.target.method)?;
             let safe = self.path(&upload.target.path)?;
             let timeout = self.timeout_for(&method, &safe.decoded, true);
-            let body = crate::transfer::body_stream(&upload.disk)
+            let body = transfer::body_stream(&upload.disk)
                 .await
                 .map_err(|e| Failure::bad(500, format!("cannot read the assembled upload: {e}")))?;
-            let resp = backend
+            let resp = self
+                .upstream
                 .call_stream(
                     method,
                     &safe.wire,
@@ -242,7 +232,7 @@ impl ForwardSpec {
         result.unwrap_or_else(|f| self.render_failure(req, &f))
     }
 
-    async fn call(&self, backend: &Backend, req: &Request) -> Result<Reply, Failure> {
+    async fn call(&self, req: &Request) -> Result<Answer, Failure> {
         let msg = &req.msg;
         let base_ctx = Ctx {
             message: Some(msg),
@@ -281,7 +271,7 @@ impl ForwardSpec {
             None | Some(Value::Null) => None,
             Some(Value::Object(obj)) if obj.contains_key("_cdn_url") => {
                 upload = true;
-                Some(self.fetch_cdn(backend, &obj).await?)
+                Some(self.fetch_cdn(&obj).await?)
             }
             Some(Value::Object(mut obj)) => {
                 if self.base64_uploads && obj.contains_key("_base64_content") {
@@ -326,7 +316,8 @@ impl ForwardSpec {
 
         let timeout = self.timeout_for(&method, &safe.decoded, upload);
 
-        let resp = backend
+        let resp = self
+            .upstream
             .call(
                 method,
                 &safe.wire,
@@ -341,11 +332,12 @@ impl ForwardSpec {
         if wants_chunks
             && resp.status == hyper::StatusCode::OK
             && is_binary(&resp.content_type)
-            && resp.body.len() > req.conn.transfers.cfg.load().download_chunk_over
+            && resp.body.len() > self.transfers.download_chunk_over
         {
             let binary = msg.get("_binary").and_then(Value::as_bool) == Some(true);
-            let started = crate::transfer::start_download(
+            let started = transfer::download::start_download(
                 req.conn.clone(),
+                &self.transfers,
                 req.request_id.clone(),
                 resp.status.as_u16(),
                 resp.content_type.clone(),
@@ -354,13 +346,10 @@ impl ForwardSpec {
             );
             if started {
                 // The header went out with the chunks, in order; nothing more to send here.
-                return Ok(Reply {
-                    text: String::new(),
-                    outcome: Outcome::Ok,
-                });
+                return Ok(Answer::Streamed);
             }
         }
-        Ok(self.render_response(req, &resp))
+        Ok(Answer::Reply(self.render_response(req, &resp)))
     }
 
     /// A backend response rendered through `reply` (or `reply_binary` for a 200 with a binary type).
@@ -402,7 +391,6 @@ impl ForwardSpec {
     /// Fetches an upload by URL, from an allowed host only, within the size and time caps.
     async fn fetch_cdn(
         &self,
-        backend: &Backend,
         obj: &serde_json::Map<String, Value>,
     ) -> Result<(Bytes, String), Failure> {
         let cdn = self.cdn.as_ref().ok_or_else(|| {
@@ -415,8 +403,10 @@ impl ForwardSpec {
         let uri = cdn_uri(url, cdn)
             .map_err(|why| Failure::bad(403, format!("_cdn_url refused: {why}")))?;
         let host = uri.host().unwrap_or_default().to_owned();
-        let resp = backend
-            .send_outbound(Method::GET, uri, None, &[], cdn.timeout.0, cdn.max_bytes)
+        let resp = self
+            .upstream
+            .pool()
+            .send_outbound(Method::GET, uri, None, &[], cdn.timeout, cdn.max_bytes)
             .await
             .map_err(|e| match e {
                 BackendError::TooLarge(n) => {
@@ -456,7 +446,7 @@ impl ForwardSpec {
 }
 
 /// Checks a client-supplied URL against the CDN allowlist: scheme, no credentials, exact host.
-pub fn cdn_uri(url: &str, cdn: &crate::config::CdnConfig) -> Result<hyper::Uri, String> {
+pub fn cdn_uri(url: &str, cdn: &CdnSpec) -> Result<hyper::Uri, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("https") => {}
@@ -492,11 +482,11 @@ mod tests {
 
     #[test]
     fn cdn_allowlist() {
-        let cdn = crate::config::CdnConfig {
+        let cdn = super::CdnSpec {
             allow_hosts: vec!["cdn.example.com".into(), "127.0.0.1:9000".into()],
             allow_http: false,
             max_bytes: 1,
-            timeout: crate::config::Dur::secs(1),
+            timeout: std::time::Duration::from_secs(1),
         };
         assert!(super::cdn_uri("https://cdn.example.com/a.mp4", &cdn).is_ok());
         assert!(super::cdn_uri("https://CDN.example.com/a.mp4", &cdn).is_ok());

@@ -1,19 +1,15 @@
 //! The `reply` handler: a local answer rendered from a compiled template, with no backend call.
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{Ready, ready};
-use tower::Service;
-
-use crate::codec::{Outcome, Reply, Request};
+use super::Handle;
+use crate::envelope::{Answer, Outcome, Reply, Request};
 use crate::template::{Ctx, Template};
 
 /// Answers every message with its template.
-#[derive(Clone)]
 pub struct ReplyHandler {
-    template: Arc<Template>,
+    template: Template,
     outcome: Outcome,
 }
 
@@ -25,23 +21,10 @@ impl ReplyHandler {
         } else {
             Outcome::Ok
         };
-        Self {
-            template: Arc::new(template),
-            outcome,
-        }
-    }
-}
-
-impl Service<Request> for ReplyHandler {
-    type Response = Reply;
-    type Error = Infallible;
-    type Future = Ready<Result<Reply, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+        Self { template, outcome }
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn render(&self, req: &Request) -> Reply {
         let ctx = Ctx {
             message: Some(&req.msg),
             connection_id: Some(&req.conn.id),
@@ -50,6 +33,12 @@ impl Service<Request> for ReplyHandler {
         let mut out = Vec::with_capacity(64);
         self.template
             .render_reply(&ctx, req.request_id.as_ref(), &mut out);
-        ready(Ok(Reply::from_json(out, self.outcome)))
+        Reply::from_json(out, self.outcome)
+    }
+}
+
+impl Handle for ReplyHandler {
+    fn handle(self: Arc<Self>, req: Request) -> impl Future<Output = Answer> + Send + 'static {
+        std::future::ready(Answer::Reply(self.render(&req)))
     }
 }

@@ -1,19 +1,101 @@
 //! The WebRTC signaling relay: offers, trickle ICE, and closing a connection's sessions on disconnect.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
-use tower::Service;
 
-use super::HandlerFuture;
-use crate::backend::{Backend, BackendError};
-use crate::codec::{Outcome, ProtocolError, Reply, Request, error_json, error_reply};
-use crate::session::ConnCtx;
+use super::Handle;
+use crate::backend::{BackendError, Upstream};
+use crate::conn::ConnHandle;
+use crate::envelope::{Answer, Outcome, Refuse, Reply, Request, refuse};
+
+/// The WebRTC sessions one connection opened, oldest first (a per-connection extension).
+#[derive(Debug, Default)]
+pub struct Sessions {
+    ids: Mutex<Vec<String>>,
+}
+
+impl Sessions {
+    fn ids(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        // A poisoned lock only means a panic elsewhere mid-push; the list is still usable.
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn add(&self, id: &str) {
+        let mut s = self.ids();
+        if !s.iter().any(|x| x == id) {
+            s.push(id.to_owned());
+        }
+    }
+
+    pub fn owns(&self, id: &str) -> bool {
+        self.ids().iter().any(|x| x == id)
+    }
+
+    pub fn last(&self) -> Option<String> {
+        self.ids().last().cloned()
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.ids())
+    }
+}
+
+/// Why a signaling step failed, as the protocol words it.
+#[derive(Debug, thiserror::Error)]
+enum SignalingError {
+    #[error("Offer failed: backend answer has no sessionId")]
+    NoSessionId { body: String },
+    #[error("Offer failed: {status}")]
+    OfferStatus { status: u16, body: String },
+    #[error("WebRTC offer timeout - pipeline may still be loading")]
+    OfferTimeout,
+    #[error("WebRTC offer failed: {0}")]
+    OfferFailed(BackendError),
+    #[error("Unknown session ID: not opened by this connection")]
+    NotOwned,
+    #[error("No session ID available for ICE candidate")]
+    NoSession,
+    #[error("ICE candidate failed: {status}")]
+    IceStatus { status: u16, body: String },
+    #[error("ICE candidate timeout")]
+    IceTimeout,
+    #[error("ICE candidate failed: {0}")]
+    IceFailed(BackendError),
+    #[error("backend unavailable")]
+    Unavailable,
+}
+
+impl Refuse for SignalingError {
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            SignalingError::NotOwned => Some("SESSION_NOT_OWNED"),
+            SignalingError::Unavailable => Some("BACKEND_UNAVAILABLE"),
+            _ => None,
+        }
+    }
+
+    fn detail(&self) -> Option<&str> {
+        match self {
+            SignalingError::NoSessionId { body }
+            | SignalingError::OfferStatus { body, .. }
+            | SignalingError::IceStatus { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self {
+            SignalingError::NotOwned | SignalingError::NoSession => Outcome::Rejected,
+            SignalingError::OfferTimeout | SignalingError::IceTimeout => Outcome::Timeout,
+            SignalingError::Unavailable => Outcome::Unavailable,
+            _ => Outcome::BackendError,
+        }
+    }
+}
 
 /// Which signaling step a route performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,57 +114,27 @@ pub struct SignalingSpec {
     pub add_connection_id: bool,
 }
 
-/// The signaling service.
-#[derive(Clone)]
+/// The signaling handler of one route.
 pub struct SignalingHandler {
-    backend: Arc<Backend>,
-    spec: Arc<SignalingSpec>,
+    upstream: Arc<Upstream>,
+    spec: SignalingSpec,
 }
 
 impl SignalingHandler {
-    pub fn new(backend: Arc<Backend>, spec: SignalingSpec) -> Self {
-        Self {
-            backend,
-            spec: Arc::new(spec),
-        }
+    pub fn new(upstream: Arc<Upstream>, spec: SignalingSpec) -> Self {
+        Self { upstream, spec }
     }
 }
 
-impl Service<Request> for SignalingHandler {
-    type Response = Reply;
-    type Error = Infallible;
-    type Future = HandlerFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+impl Handle for SignalingHandler {
+    async fn handle(self: Arc<Self>, req: Request) -> Answer {
+        let rid = req.request_id.clone();
+        let result = match self.spec.action {
+            Action::Offer => offer(&self.upstream, &self.spec, &req).await,
+            Action::IceCandidate => ice_candidate(&self.upstream, &self.spec, &req).await,
+        };
+        Answer::Reply(result.unwrap_or_else(|e| refuse(rid.as_ref(), &e)))
     }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let backend = self.backend.clone();
-        let spec = self.spec.clone();
-        Box::pin(async move {
-            Ok(match spec.action {
-                Action::Offer => offer(&backend, &spec, req).await,
-                Action::IceCandidate => ice_candidate(&backend, &spec, req).await,
-            })
-        })
-    }
-}
-
-/// A reply object with `request_id` echoed.
-fn object_reply(
-    request_id: Option<&Value>,
-    mut obj: Map<String, Value>,
-    outcome: Outcome,
-) -> Reply {
-    if let Some(rid) = request_id {
-        obj.insert("request_id".to_owned(), rid.clone());
-    }
-    Reply::from_json(serde_json::to_vec(&obj).unwrap_or_default(), outcome)
-}
-
-fn error(request_id: Option<&Value>, msg: &str, detail: Option<&str>, outcome: Outcome) -> Reply {
-    Reply::from_json(error_json(request_id, msg, None, detail), outcome)
 }
 
 fn session_path(base: &str, id: &str) -> String {
@@ -91,8 +143,11 @@ fn session_path(base: &str, id: &str) -> String {
     format!("{base}/{enc}")
 }
 
-async fn offer(backend: &Backend, spec: &SignalingSpec, req: Request) -> Reply {
-    let rid = req.request_id.as_ref();
+async fn offer(
+    upstream: &Upstream,
+    spec: &SignalingSpec,
+    req: &Request,
+) -> Result<Reply, SignalingError> {
     let msg = &req.msg;
     let mut body = Map::new();
     body.insert(
@@ -115,105 +170,74 @@ async fn offer(backend: &Backend, spec: &SignalingSpec, req: Request) -> Reply {
         );
     }
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let result = backend
+    let resp = upstream
         .call(
             Method::POST,
             &spec.path,
             Some((bytes, "application/json")),
             spec.timeout,
         )
-        .await;
-    match result {
-        Ok(resp) if resp.status == StatusCode::OK => {
-            let data: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-            let Some(session_id) = data.get("sessionId").and_then(Value::as_str) else {
-                return error(
-                    rid,
-                    "Offer failed: backend answer has no sessionId",
-                    Some(&String::from_utf8_lossy(&resp.body)),
-                    Outcome::BackendError,
-                );
-            };
-            req.conn.add_session(session_id);
-            tracing::info!(session = session_id, "WebRTC session opened");
-            let mut obj = Map::new();
-            obj.insert("type".to_owned(), Value::from("answer"));
-            obj.insert(
-                "sdp".to_owned(),
-                data.get("sdp").cloned().unwrap_or(Value::Null),
-            );
-            obj.insert(
-                "sdp_type".to_owned(),
-                data.get("type").cloned().unwrap_or(Value::Null),
-            );
-            obj.insert("sessionId".to_owned(), Value::from(session_id));
-            object_reply(rid, obj, Outcome::Ok)
-        }
-        Ok(resp) => error(
-            rid,
-            &format!("Offer failed: {}", resp.status.as_u16()),
-            Some(&String::from_utf8_lossy(&resp.body)),
-            Outcome::BackendError,
-        ),
-        Err(BackendError::Timeout) => error(
-            rid,
-            "WebRTC offer timeout - pipeline may still be loading",
-            None,
-            Outcome::Timeout,
-        ),
-        Err(BackendError::Unavailable) => error_reply(rid, &ProtocolError::BackendUnavailable),
-        Err(e) => error(
-            rid,
-            &format!("WebRTC offer failed: {e}"),
-            None,
-            Outcome::BackendError,
-        ),
+        .await
+        .map_err(|e| match e {
+            BackendError::Timeout => SignalingError::OfferTimeout,
+            BackendError::Unavailable => SignalingError::Unavailable,
+            other => SignalingError::OfferFailed(other),
+        })?;
+    if resp.status != StatusCode::OK {
+        return Err(SignalingError::OfferStatus {
+            status: resp.status.as_u16(),
+            body: String::from_utf8_lossy(&resp.body).into_owned(),
+        });
     }
+    let data: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    let Some(session_id) = data.get("sessionId").and_then(Value::as_str) else {
+        return Err(SignalingError::NoSessionId {
+            body: String::from_utf8_lossy(&resp.body).into_owned(),
+        });
+    };
+    req.conn.state::<Sessions>().add(session_id);
+    tracing::info!(session = session_id, "WebRTC session opened");
+    let mut obj = Map::new();
+    obj.insert("type".to_owned(), Value::from("answer"));
+    obj.insert(
+        "sdp".to_owned(),
+        data.get("sdp").cloned().unwrap_or(Value::Null),
+    );
+    obj.insert(
+        "sdp_type".to_owned(),
+        data.get("type").cloned().unwrap_or(Value::Null),
+    );
+    obj.insert("sessionId".to_owned(), Value::from(session_id));
+    Ok(Reply::object(req.request_id.as_ref(), obj, Outcome::Ok))
 }
 
-async fn ice_candidate(backend: &Backend, spec: &SignalingSpec, req: Request) -> Reply {
+async fn ice_candidate(
+    upstream: &Upstream,
+    spec: &SignalingSpec,
+    req: &Request,
+) -> Result<Reply, SignalingError> {
     let rid = req.request_id.as_ref();
     let msg = &req.msg;
-    let named = msg.get("sessionId").and_then(Value::as_str);
-    let session = match named {
+    let sessions = req.conn.state::<Sessions>();
+    // A null or absent id means "this connection's latest session" (the 0.2.3 browser
+    // adapter sends `sessionId: null` before it knows one).
+    let session = match msg.get("sessionId").and_then(Value::as_str) {
         Some(id) => {
-            if !req.conn.owns_session(id) {
+            if !sessions.owns(id) {
                 tracing::warn!(
                     session = id,
                     "ICE candidate for a session this connection did not open"
                 );
-                return Reply::from_json(
-                    error_json(
-                        rid,
-                        "Unknown session ID: not opened by this connection",
-                        Some("SESSION_NOT_OWNED"),
-                        None,
-                    ),
-                    Outcome::Rejected,
-                );
+                return Err(SignalingError::NotOwned);
             }
             id.to_owned()
         }
-        None => match req.conn.last_session() {
-            Some(id) => id,
-            None => {
-                return error(
-                    rid,
-                    "No session ID available for ICE candidate",
-                    None,
-                    Outcome::Rejected,
-                );
-            }
-        },
+        None => sessions.last().ok_or(SignalingError::NoSession)?,
     };
     let candidate = match msg.get("candidate") {
         None | Some(Value::Null) => {
             let obj = json!({"type": "icecandidate_ack", "status": "end_of_candidates"});
-            return object_reply(
-                rid,
-                obj.as_object().cloned().unwrap_or_default(),
-                Outcome::Ok,
-            );
+            return Ok(Reply::value(rid, obj, Outcome::Ok));
         }
         Some(c) => c,
     };
@@ -224,44 +248,36 @@ async fn ice_candidate(backend: &Backend, spec: &SignalingSpec, req: Request) ->
         "sdpMLineIndex": field("sdpMLineIndex"),
     }]});
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let result = backend
+    let resp = upstream
         .call(
             Method::PATCH,
             &session_path(&spec.path, &session),
             Some((bytes, "application/json")),
             spec.timeout,
         )
-        .await;
-    match result {
-        Ok(resp) if resp.status == StatusCode::NO_CONTENT => {
-            let obj = json!({"type": "icecandidate_ack", "status": "ok"});
-            object_reply(
-                rid,
-                obj.as_object().cloned().unwrap_or_default(),
-                Outcome::Ok,
-            )
-        }
-        Ok(resp) => error(
-            rid,
-            &format!("ICE candidate failed: {}", resp.status.as_u16()),
-            Some(&String::from_utf8_lossy(&resp.body)),
-            Outcome::BackendError,
-        ),
-        Err(BackendError::Timeout) => error(rid, "ICE candidate timeout", None, Outcome::Timeout),
-        Err(BackendError::Unavailable) => error_reply(rid, &ProtocolError::BackendUnavailable),
-        Err(e) => error(
-            rid,
-            &format!("ICE candidate failed: {e}"),
-            None,
-            Outcome::BackendError,
-        ),
+        .await
+        .map_err(|e| match e {
+            BackendError::Timeout => SignalingError::IceTimeout,
+            BackendError::Unavailable => SignalingError::Unavailable,
+            other => SignalingError::IceFailed(other),
+        })?;
+    if resp.status != StatusCode::NO_CONTENT {
+        return Err(SignalingError::IceStatus {
+            status: resp.status.as_u16(),
+            body: String::from_utf8_lossy(&resp.body).into_owned(),
+        });
     }
+    let obj = json!({"type": "icecandidate_ack", "status": "ok"});
+    Ok(Reply::value(rid, obj, Outcome::Ok))
 }
 
 /// DELETEs every session `conn` opened; run on disconnect.
-pub async fn close_sessions(backend: &Backend, offer_path: &str, conn: &ConnCtx) {
-    for id in conn.take_sessions() {
-        let result = backend
+pub async fn close_sessions(upstream: &Upstream, offer_path: &str, conn: &ConnHandle) {
+    let Some(sessions) = conn.existing_state::<Sessions>() else {
+        return;
+    };
+    for id in sessions.take() {
+        let result = upstream
             .call(
                 Method::DELETE,
                 &session_path(offer_path, &id),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use metrics::{Counter, Histogram};
 use tower::{Layer, Service};
 
-use crate::codec::{Outcome, Reply, Request};
+use crate::envelope::{Answer, Outcome, Request};
 
 /// Metric handles of one route.
 pub struct RouteMetrics {
@@ -68,10 +68,10 @@ pub struct Metered<S> {
 
 impl<S> Service<Request> for Metered<S>
 where
-    S: Service<Request, Response = Reply, Error = Infallible>,
+    S: Service<Request, Response = Answer, Error = Infallible>,
     S::Future: Unpin,
 {
-    type Response = Reply;
+    type Response = Answer;
     type Error = Infallible;
     type Future = MeteredFuture<S::Future>;
 
@@ -97,16 +97,16 @@ pub struct MeteredFuture<F> {
 
 impl<F> Future for MeteredFuture<F>
 where
-    F: Future<Output = Result<Reply, Infallible>> + Unpin,
+    F: Future<Output = Result<Answer, Infallible>> + Unpin,
 {
-    type Output = Result<Reply, Infallible>;
+    type Output = Result<Answer, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll(cx) {
-            Poll::Ready(Ok(reply)) => {
-                this.metrics.record(reply.outcome, this.started);
-                Poll::Ready(Ok(reply))
+            Poll::Ready(Ok(answer)) => {
+                this.metrics.record(answer.outcome(), this.started);
+                Poll::Ready(Ok(answer))
             }
             Poll::Pending => Poll::Pending,
         }

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
 use serde_json::Value;
 use tower::{Layer, Service};
 
-use crate::codec::{ProtocolError, Reply, Request, error_reply};
+use crate::envelope::{Answer, ProtocolError, Reply, Request, refuse};
+use crate::guard::Check;
 
 /// A schema file compiled once at load.
 pub struct CompiledSchema {
@@ -168,58 +168,28 @@ impl SchemaSet {
     }
 }
 
-/// Refuses a message that fails its route's schema, with a ready error reply.
+/// The schema check of one route, run by the [`crate::guard`] layer before any work.
 #[derive(Clone)]
-pub struct ValidateLayer {
+pub struct SchemaCheck {
     route: Arc<str>,
     schema: Arc<CompiledSchema>,
 }
 
-impl ValidateLayer {
+impl SchemaCheck {
     pub fn new(route: Arc<str>, schema: Arc<CompiledSchema>) -> Self {
         Self { route, schema }
     }
 }
 
-impl<S> Layer<S> for ValidateLayer {
-    type Service = Validate<S>;
-    fn layer(&self, inner: S) -> Validate<S> {
-        Validate {
-            inner,
-            route: self.route.clone(),
-            schema: self.schema.clone(),
-        }
-    }
-}
-
-/// The service made by [`ValidateLayer`].
-#[derive(Clone)]
-pub struct Validate<S> {
-    inner: S,
-    route: Arc<str>,
-    schema: Arc<CompiledSchema>,
-}
-
-impl<S> Service<Request> for Validate<S>
-where
-    S: Service<Request, Response = Reply, Error = std::convert::Infallible>,
-{
-    type Response = Reply;
-    type Error = std::convert::Infallible;
-    type Future = Either<Ready<Result<Reply, std::convert::Infallible>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
+impl Check for SchemaCheck {
+    fn check(&self, req: &Request) -> Result<(), Reply> {
         match self.schema.check(&req.msg) {
-            None => Either::Right(self.inner.call(req)),
+            None => Ok(()),
             Some(problem) => {
                 tracing::debug!(route = %self.route, %problem, "message refused by schema");
                 let err =
                     ProtocolError::Validation(format!("Invalid {} message: {problem}", self.route));
-                Either::Left(ready(Ok(error_reply(req.request_id.as_ref(), &err))))
+                Err(refuse(req.request_id.as_ref(), &err))
             }
         }
     }
@@ -262,12 +232,13 @@ pub struct ReplyCheck<S> {
 
 impl<S> Service<Request> for ReplyCheck<S>
 where
-    S: Service<Request, Response = Reply, Error = std::convert::Infallible>,
+    S: Service<Request, Response = Answer, Error = std::convert::Infallible>,
     S::Future: Send + 'static,
 {
-    type Response = Reply;
+    type Response = Answer;
     type Error = std::convert::Infallible;
-    type Future = futures_util::future::BoxFuture<'static, Result<Reply, std::convert::Infallible>>;
+    type Future =
+        futures_util::future::BoxFuture<'static, Result<Answer, std::convert::Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -277,7 +248,10 @@ where
         let fut = self.inner.call(req);
         let (route, schemas) = (self.route.clone(), self.schemas.clone());
         Box::pin(async move {
-            let reply = fut.await?;
+            let answer = fut.await?;
+            let Answer::Reply(reply) = &answer else {
+                return Ok(answer);
+            };
             if let Ok(v) = serde_json::from_str::<Value>(&reply.text) {
                 let is_error = v.get("type").and_then(Value::as_str) == Some("error");
                 let fits = schemas.iter().any(|s| s.validator.is_valid(&v));
@@ -290,7 +264,7 @@ where
                     metrics::counter!("scope_router_reply_contract_violations_total", "route" => route.to_string()).increment(1);
                 }
             }
-            Ok(reply)
+            Ok(answer)
         })
     }
 }

@@ -1,11 +1,12 @@
-//! Text frame ⇄ message envelope: decoding inbound messages, and every error reply that crosses the socket.
+//! The message envelope: a decoded request, the answer it gets, and the one place a failure becomes a reply.
 
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::session::ConnCtx;
+use crate::conn::ConnHandle;
+use crate::json::kind_of;
 
 /// One decoded inbound message on its way through the route stack.
 #[derive(Debug)]
@@ -15,7 +16,7 @@ pub struct Request {
     /// The message's `request_id`, echoed verbatim in the reply.
     pub request_id: Option<Value>,
     /// The connection it came from.
-    pub conn: Arc<ConnCtx>,
+    pub conn: Arc<ConnHandle>,
 }
 
 /// How a message ended, for metrics and logs.
@@ -69,10 +70,112 @@ impl Reply {
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         Reply { text, outcome }
     }
+
+    /// A JSON object with `request_id` echoed.
+    pub fn object(
+        request_id: Option<&Value>,
+        mut obj: Map<String, Value>,
+        outcome: Outcome,
+    ) -> Reply {
+        if let Some(rid) = request_id {
+            obj.insert("request_id".to_owned(), rid.clone());
+        }
+        Reply::from_json(serde_json::to_vec(&obj).unwrap_or_default(), outcome)
+    }
+
+    /// `value` (an object) with `request_id` echoed.
+    pub fn value(request_id: Option<&Value>, value: Value, outcome: Outcome) -> Reply {
+        match value {
+            Value::Object(obj) => Reply::object(request_id, obj, outcome),
+            other => Reply::from_json(serde_json::to_vec(&other).unwrap_or_default(), outcome),
+        }
+    }
 }
 
-/// Errors the router itself answers with; each becomes an `error` reply in [`error_reply`].
-#[derive(Debug, thiserror::Error)]
+/// What a handler gives back for one message.
+#[derive(Debug)]
+pub enum Answer {
+    /// One reply, sent as it is.
+    Reply(Reply),
+    /// Answered another way: on the connection's push channel (a chunked download's
+    /// header and chunks, in order), or, for a download acknowledgement without a
+    /// `request_id`, by the download's own progress.
+    Streamed,
+}
+
+impl Answer {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Answer::Reply(r) => r.outcome,
+            Answer::Streamed => Outcome::Ok,
+        }
+    }
+}
+
+impl From<Reply> for Answer {
+    fn from(r: Reply) -> Answer {
+        Answer::Reply(r)
+    }
+}
+
+/// A failure that is answered with a `{"type":"error",…}` reply.
+///
+/// Every error type of the data path implements this; [`refuse`] is the one place any
+/// of them becomes a reply.
+pub trait Refuse: std::fmt::Display {
+    /// The machine-readable code, where the protocol has one.
+    fn code(&self) -> Option<&'static str> {
+        None
+    }
+    /// More about the failure (a backend's answer), as the protocol's `detail`.
+    fn detail(&self) -> Option<&str> {
+        None
+    }
+    fn outcome(&self) -> Outcome {
+        Outcome::Rejected
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a Value>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// The error reply for `err`, with `request_id` echoed.
+pub fn refuse(request_id: Option<&Value>, err: &dyn Refuse) -> Reply {
+    refuse_with(request_id, err, Map::new())
+}
+
+/// The error reply for `err` with extra fields (a binary chunk's error names its upload and chunk).
+pub fn refuse_with(
+    request_id: Option<&Value>,
+    err: &dyn Refuse,
+    extra: Map<String, Value>,
+) -> Reply {
+    let message = err.to_string();
+    let body = ErrorBody {
+        request_id,
+        kind: "error",
+        error: &message,
+        code: err.code(),
+        detail: err.detail(),
+        extra,
+    };
+    Reply::from_json(serde_json::to_vec(&body).unwrap_or_default(), err.outcome())
+}
+
+/// Errors the router itself answers with, outside any handler.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProtocolError {
     #[error("Invalid JSON: {0}")]
     InvalidJson(String),
@@ -96,11 +199,14 @@ pub enum ProtocolError {
     RateLimited,
     #[error("Idle timeout: no message received")]
     IdleTimeout,
+    #[error("Too many connections")]
+    TooManyConnections,
+    #[error("Access denied")]
+    AccessDenied,
 }
 
-impl ProtocolError {
-    /// The machine-readable code, where the protocol has one.
-    pub fn code(&self) -> Option<&'static str> {
+impl Refuse for ProtocolError {
+    fn code(&self) -> Option<&'static str> {
         match self {
             ProtocolError::BinaryFrame => Some("BINARY_NOT_SUPPORTED"),
             ProtocolError::TooManyInFlight(_) => Some("TOO_MANY_IN_FLIGHT"),
@@ -109,11 +215,13 @@ impl ProtocolError {
             ProtocolError::RateLimited => Some("RATE_LIMITED"),
             ProtocolError::IdleTimeout => Some("IDLE_TIMEOUT"),
             ProtocolError::Validation(_) => Some("VALIDATION_FAILED"),
+            ProtocolError::TooManyConnections => Some("TOO_MANY_CONNECTIONS"),
+            ProtocolError::AccessDenied => Some("ACCESS_DENIED"),
             _ => None,
         }
     }
 
-    pub fn outcome(&self) -> Outcome {
+    fn outcome(&self) -> Outcome {
         match self {
             ProtocolError::BackendUnavailable => Outcome::Unavailable,
             _ => Outcome::Rejected,
@@ -121,64 +229,15 @@ impl ProtocolError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a Value>,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    error: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<&'a str>,
-}
-
-/// Renders a plain `{"type":"error",…}` reply.
-pub fn error_json(
-    request_id: Option<&Value>,
-    error: &str,
-    code: Option<&str>,
-    detail: Option<&str>,
-) -> Vec<u8> {
-    serde_json::to_vec(&ErrorBody {
-        request_id,
-        kind: "error",
-        error,
-        code,
-        detail,
-    })
-    .unwrap_or_default()
-}
-
-/// The one place a [`ProtocolError`] becomes a reply.
-pub fn error_reply(request_id: Option<&Value>, err: &ProtocolError) -> Reply {
-    Reply::from_json(
-        error_json(request_id, &err.to_string(), err.code(), None),
-        err.outcome(),
-    )
-}
-
 /// A text frame decoded far enough to route: the message and its `request_id`.
-pub fn decode(text: &str) -> Result<(Value, Option<Value>), (ProtocolError, Option<Value>)> {
+pub fn decode(text: &str) -> Result<(Value, Option<Value>), ProtocolError> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => {
             let rid = map.get("request_id").cloned();
             Ok((Value::Object(map), rid))
         }
-        Ok(other) => Err((ProtocolError::NotObject(kind_of(&other)), None)),
-        Err(e) => Err((ProtocolError::InvalidJson(e.to_string()), None)),
-    }
-}
-
-pub fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Ok(other) => Err(ProtocolError::NotObject(kind_of(&other))),
+        Err(e) => Err(ProtocolError::InvalidJson(e.to_string())),
     }
 }
 
@@ -196,21 +255,21 @@ mod tests {
 
     #[test]
     fn decode_errors_say_why() {
-        let (e, _) = decode("{nope").unwrap_err();
+        let e = decode("{nope").unwrap_err();
         insta::assert_snapshot!(e.to_string(), @"Invalid JSON: key must be a string at line 1 column 2");
-        let (e, _) = decode("[1]").unwrap_err();
+        let e = decode("[1]").unwrap_err();
         insta::assert_snapshot!(e.to_string(), @"Invalid message: expected a JSON object, got an array");
     }
 
     #[test]
     fn error_reply_shape() {
-        let r = error_reply(Some(&json!("r9")), &ProtocolError::BackendUnavailable);
+        let r = refuse(Some(&json!("r9")), &ProtocolError::BackendUnavailable);
         let v: Value = serde_json::from_str(&r.text).unwrap();
         assert_eq!(
             v,
             json!({"type": "error", "request_id": "r9", "error": "backend unavailable", "code": "BACKEND_UNAVAILABLE"})
         );
-        let r = error_reply(None, &ProtocolError::UnknownType("x".into()));
+        let r = refuse(None, &ProtocolError::UnknownType("x".into()));
         assert_eq!(
             r.text,
             r#"{"type":"error","error":"Unknown message type: x"}"#

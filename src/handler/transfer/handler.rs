@@ -1,38 +1,47 @@
 //! The `transfer` handler: upload_start, upload_chunk, upload_status, upload_finish and download_ack messages.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use serde_json::Value;
-use tower::Service;
 
-use super::{Target, TransferError};
-use crate::backend::Backend;
-use crate::codec::{Outcome, Reply, Request, error_json};
-use crate::config::TransferAction;
-use crate::handler::HandlerFuture;
+use super::download::Downloads;
+use super::{Settings, Target, TransferError, Uploads};
+use crate::conn::ConnHandle;
+use crate::envelope::{Answer, Outcome, Reply, Request, refuse, refuse_with};
+use crate::handler::Handle;
 use crate::handler::forward::ForwardSpec;
 
-/// The transfer service of one route.
-#[derive(Clone)]
+/// Which step of a transfer a route performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    UploadStart,
+    UploadChunk,
+    UploadStatus,
+    UploadFinish,
+    DownloadAck,
+}
+
+/// The transfer handler of one route.
 pub struct TransferHandler {
-    action: TransferAction,
-    backend: Arc<Backend>,
+    action: Action,
+    uploads: Arc<Uploads>,
+    settings: Arc<Settings>,
     /// The forward route an assembled upload goes through.
     via: Option<Arc<ForwardSpec>>,
 }
 
 impl TransferHandler {
     pub fn new(
-        action: TransferAction,
-        backend: Arc<Backend>,
+        action: Action,
+        uploads: Arc<Uploads>,
+        settings: Arc<Settings>,
         via: Option<Arc<ForwardSpec>>,
     ) -> Self {
         Self {
             action,
-            backend,
+            uploads,
+            settings,
             via,
         }
     }
@@ -41,33 +50,26 @@ impl TransferHandler {
 /// A transfer result as a reply: the JSON with `request_id`, or an error with its code.
 pub fn result_reply(request_id: Option<&Value>, r: Result<Value, TransferError>) -> Reply {
     match r {
-        Ok(mut v) => {
-            if let (Some(rid), Some(o)) = (request_id, v.as_object_mut()) {
-                o.insert("request_id".to_owned(), rid.clone());
-            }
-            Reply::from_json(serde_json::to_vec(&v).unwrap_or_default(), Outcome::Ok)
-        }
-        Err(e) => Reply::from_json(
-            error_json(request_id, &e.to_string(), Some(e.code()), None),
-            Outcome::Rejected,
-        ),
+        Ok(v) => Reply::value(request_id, v, Outcome::Ok),
+        Err(e) => refuse(request_id, &e),
     }
 }
 
-/// The answer to a chunk that came in a binary frame: errors name the upload and chunk, since
+/// Stores a chunk that came in a binary frame. Errors name the upload and chunk, since
 /// there is no request_id to match them by.
-pub fn binary_chunk_reply(upload_id: &str, seq: u64, r: Result<Value, TransferError>) -> Reply {
-    match r {
-        Ok(_) => result_reply(None, r),
-        Err(e) => {
-            let v = serde_json::json!({"type": "error", "error": e.to_string(), "code": e.code(),
-                                       "upload_id": upload_id, "seq": seq});
-            Reply::from_json(
-                serde_json::to_vec(&v).unwrap_or_default(),
-                Outcome::Rejected,
-            )
-        }
-    }
+pub async fn binary_chunk(uploads: &Uploads, conn: &ConnHandle, frame: &[u8]) -> Option<Reply> {
+    let (upload_id, seq, data) = super::parse_binary_chunk(frame)?;
+    Some(
+        match uploads.chunk(conn, upload_id, seq, data, None).await {
+            Ok(v) => Reply::value(None, v, Outcome::Ok),
+            Err(e) => {
+                let mut extra = serde_json::Map::new();
+                extra.insert("upload_id".to_owned(), Value::from(upload_id));
+                extra.insert("seq".to_owned(), Value::from(seq));
+                refuse_with(None, &e, extra)
+            }
+        },
+    )
 }
 
 fn str_field<'a>(msg: &'a Value, k: &str) -> Result<&'a str, TransferError> {
@@ -82,28 +84,19 @@ fn u64_field(msg: &Value, k: &str) -> Result<u64, TransferError> {
     })
 }
 
-impl Service<Request> for TransferHandler {
-    type Response = Reply;
-    type Error = Infallible;
-    type Future = HandlerFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let me = self.clone();
-        Box::pin(async move { Ok(me.run(req).await) })
+impl Handle for TransferHandler {
+    async fn handle(self: Arc<Self>, req: Request) -> Answer {
+        self.run(req).await
     }
 }
 
 impl TransferHandler {
-    async fn run(&self, req: Request) -> Reply {
+    async fn run(&self, req: Request) -> Answer {
         let rid = req.request_id.as_ref();
         let msg = &req.msg;
-        let transfers = &req.conn.transfers;
-        match self.action {
-            TransferAction::UploadStart => {
+        let transfers = &self.uploads;
+        let reply = match self.action {
+            Action::UploadStart => {
                 let r = async {
                     let target = Target {
                         method: msg
@@ -125,12 +118,12 @@ impl TransferHandler {
                         via.check_upload_target(&target.method, &target.path)
                             .map_err(TransferError::Invalid)?;
                     }
-                    transfers.start(&req.conn, target).await
+                    transfers.start(&self.settings, &req.conn, target).await
                 }
                 .await;
                 result_reply(rid, r)
             }
-            TransferAction::UploadChunk => {
+            Action::UploadChunk => {
                 let r = async {
                     let id = str_field(msg, "upload_id")?;
                     let seq = u64_field(msg, "seq")?;
@@ -143,7 +136,7 @@ impl TransferHandler {
                 .await;
                 result_reply(rid, r)
             }
-            TransferAction::UploadStatus => {
+            Action::UploadStatus => {
                 let r = async {
                     transfers
                         .status(&req.conn, str_field(msg, "upload_id")?)
@@ -152,14 +145,14 @@ impl TransferHandler {
                 .await;
                 result_reply(rid, r)
             }
-            TransferAction::UploadFinish => {
+            Action::UploadFinish => {
                 let Some(via) = &self.via else {
-                    return result_reply(
+                    return Answer::Reply(result_reply(
                         rid,
                         Err(TransferError::Invalid(
                             "route has no `via` forward route".to_owned(),
                         )),
-                    );
+                    ));
                 };
                 let assembled = async {
                     transfers
@@ -170,16 +163,16 @@ impl TransferHandler {
                 match assembled {
                     Ok(a) => {
                         tracing::info!(bytes = a.target.size, path = %a.target.path, "upload assembled; forwarding");
-                        via.forward_upload(&self.backend, &req, a).await
+                        via.forward_upload(&req, a).await
                     }
                     Err(e) => result_reply(rid, Err(e)),
                 }
             }
-            TransferAction::DownloadAck => {
+            Action::DownloadAck => {
                 let r = (|| {
                     let id = str_field(msg, "download_id")?;
                     let seq = u64_field(msg, "seq")?;
-                    if req.conn.ack_download(id, seq) {
+                    if req.conn.state::<Downloads>().ack(id, seq) {
                         Ok(())
                     } else {
                         Err(TransferError::Invalid(format!("unknown download id {id}")))
@@ -187,16 +180,14 @@ impl TransferHandler {
                 })();
                 match (r, rid) {
                     // Acks are not acknowledged (no ack storm), unless the client asks with a request_id.
-                    (Ok(()), None) => Reply {
-                        text: String::new(),
-                        outcome: Outcome::Ok,
-                    },
+                    (Ok(()), None) => return Answer::Streamed,
                     (Ok(()), Some(_)) => {
                         result_reply(rid, Ok(serde_json::json!({"type": "download_ack_ok"})))
                     }
                     (Err(e), _) => result_reply(rid, Err(e)),
                 }
             }
-        }
+        };
+        Answer::Reply(reply)
     }
 }

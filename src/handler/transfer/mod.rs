@@ -1,5 +1,6 @@
-//! Large files over the one socket: chunked, acknowledged, resumable uploads, and windowed downloads.
+//! Large files over the one socket: the process-wide store of chunked, acknowledged, resumable uploads.
 
+pub mod download;
 pub mod handler;
 
 use std::collections::HashMap;
@@ -8,16 +9,52 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use base64::Engine as _;
-use bytes::Bytes;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::Notify;
 
-use crate::config::TransferConfig;
-use crate::session::{ConnCtx, Outbound};
+use crate::conn::ConnHandle;
+use crate::envelope::Refuse;
+
+/// Transfer settings of one snapshot, compiled from `transfers:`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub chunk_size: usize,
+    pub window: u32,
+    pub max_upload_bytes: u64,
+    pub max_total_bytes: u64,
+    /// Where uploads are assembled.
+    pub dir: PathBuf,
+    pub resume_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub download_chunk_over: usize,
+    pub ack_timeout: Duration,
+}
+
+impl Settings {
+    pub fn compile(cfg: &crate::config::TransferConfig) -> Settings {
+        Settings {
+            chunk_size: cfg.chunk_size.max(1),
+            window: cfg.window.max(1),
+            max_upload_bytes: cfg.max_upload_bytes,
+            max_total_bytes: cfg.max_total_bytes,
+            dir: cfg
+                .dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("scope-router-uploads")),
+            resume_timeout: cfg.resume_timeout.0,
+            idle_timeout: cfg.idle_timeout.0,
+            download_chunk_over: cfg.download_chunk_over,
+            ack_timeout: cfg.ack_timeout.0,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::compile(&crate::config::TransferConfig::default())
+    }
+}
 
 /// Why a transfer step is refused; each becomes an `error` reply with its code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,9 +85,9 @@ pub enum TransferError {
     Io(String),
 }
 
-impl TransferError {
-    pub fn code(&self) -> &'static str {
-        match self {
+impl Refuse for TransferError {
+    fn code(&self) -> Option<&'static str> {
+        Some(match self {
             TransferError::Unknown => "UPLOAD_UNKNOWN",
             TransferError::NotOwned => "UPLOAD_NOT_OWNED",
             TransferError::TooLarge(..) => "UPLOAD_TOO_LARGE",
@@ -63,7 +100,7 @@ impl TransferError {
             TransferError::Finishing => "UPLOAD_FINISHING",
             TransferError::Invalid(_) => "TRANSFER_INVALID",
             TransferError::Io(_) => "UPLOAD_STORAGE",
-        }
+        })
     }
 }
 
@@ -91,6 +128,10 @@ struct Upload {
     /// The connection it is attached to, or none after that connection ended.
     conn: Option<Box<str>>,
     chunk_size: usize,
+    /// The window, resume and idle limits in force when the upload started.
+    window: u64,
+    resume_timeout: Duration,
+    idle_timeout: Duration,
     received: Vec<bool>,
     received_count: u64,
     file: tokio::fs::File,
@@ -139,37 +180,17 @@ impl Drop for Assembled {
     }
 }
 
-/// A download being sent, paced by the receiver's acknowledgements.
-#[derive(Debug, Default)]
-pub struct Download {
-    /// Chunks acknowledged so far (the next expected ack is this number).
-    acked: AtomicU64,
-    notify: Notify,
-}
-
-impl Download {
-    pub fn ack(&self, seq: u64) {
-        self.acked
-            .fetch_max(seq.saturating_add(1), Ordering::AcqRel);
-        self.notify.notify_one();
-    }
-}
-
 /// All uploads of the process (they outlive connections, for resume).
-pub struct Transfers {
-    pub cfg: ArcSwap<TransferConfig>,
+#[derive(Default)]
+pub struct Uploads {
     uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Upload>>>>,
     /// Bytes promised to uploads in progress.
     reserved: AtomicU64,
 }
 
-impl Transfers {
-    pub fn new(cfg: TransferConfig) -> Arc<Self> {
-        Arc::new(Self {
-            cfg: ArcSwap::from_pointee(cfg),
-            uploads: Mutex::new(HashMap::new()),
-            reserved: AtomicU64::new(0),
-        })
+impl Uploads {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Upload>>>> {
@@ -178,22 +199,18 @@ impl Transfers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn dir(&self) -> PathBuf {
-        self.cfg
-            .load()
-            .dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("scope-router-uploads"))
-    }
-
     /// Uploads being assembled right now.
     pub fn uploads_in_progress(&self) -> usize {
         self.map().len()
     }
 
     /// Starts an upload; the reply tells the client the chunk size and window.
-    pub async fn start(&self, conn: &ConnCtx, target: Target) -> Result<Value, TransferError> {
-        let cfg = self.cfg.load_full();
+    pub async fn start(
+        &self,
+        cfg: &Settings,
+        conn: &ConnHandle,
+        target: Target,
+    ) -> Result<Value, TransferError> {
         if target.size > cfg.max_upload_bytes {
             return Err(TransferError::TooLarge(target.size, cfg.max_upload_bytes));
         }
@@ -208,7 +225,7 @@ impl Transfers {
             return Err(TransferError::Busy(cfg.max_total_bytes));
         }
         let id = format!("{:032x}", rand::random::<u128>());
-        let dir = self.dir();
+        let dir = cfg.dir.clone();
         let disk = dir.join(format!("{id}.part"));
         let file = async {
             tokio::fs::create_dir_all(&dir).await?;
@@ -220,13 +237,16 @@ impl Transfers {
         .inspect_err(|_| {
             self.reserved.fetch_sub(target.size, Ordering::AcqRel);
         })?;
-        let chunk_size = cfg.chunk_size.max(1);
+        let chunk_size = cfg.chunk_size;
         let chunks = target.size.div_ceil(chunk_size as u64).max(1);
         let upload = Upload {
             target,
             owner: conn.token_digest,
             conn: Some(conn.id.clone()),
             chunk_size,
+            window: u64::from(cfg.window),
+            resume_timeout: cfg.resume_timeout,
+            idle_timeout: cfg.idle_timeout,
             received: vec![false; usize::try_from(chunks).unwrap_or(usize::MAX)],
             received_count: 0,
             file,
@@ -251,7 +271,7 @@ impl Transfers {
     /// The upload, if this connection may use it (its own, or a detached one with the same token).
     async fn claim(
         &self,
-        conn: &ConnCtx,
+        conn: &ConnHandle,
         id: &str,
     ) -> Result<Arc<tokio::sync::Mutex<Upload>>, TransferError> {
         let entry = self.map().get(id).cloned().ok_or(TransferError::Unknown)?;
@@ -278,7 +298,7 @@ impl Transfers {
     /// Stores one chunk; duplicates are acknowledged again, out-of-window ones refused.
     pub async fn chunk(
         &self,
-        conn: &ConnCtx,
+        conn: &ConnHandle,
         id: &str,
         seq: u64,
         data: &[u8],
@@ -289,7 +309,7 @@ impl Transfers {
         if u.finishing {
             return Err(TransferError::Finishing);
         }
-        let window = u64::from(self.cfg.load().window.max(1));
+        let window = u.window;
         let from = u.next_missing();
         if seq >= u.chunks() || seq >= from.saturating_add(window) {
             return Err(TransferError::OutOfWindow {
@@ -330,14 +350,14 @@ impl Transfers {
     }
 
     /// How far an upload got (a resuming client continues from `next_seq`).
-    pub async fn status(&self, conn: &ConnCtx, id: &str) -> Result<Value, TransferError> {
+    pub async fn status(&self, conn: &ConnHandle, id: &str) -> Result<Value, TransferError> {
         let entry = self.claim(conn, id).await?;
         let u = entry.lock().await;
         Ok(u.status(id))
     }
 
     /// Checks that every chunk arrived and the sha256 matches; hands over the assembled file.
-    pub async fn finish(&self, conn: &ConnCtx, id: &str) -> Result<Assembled, TransferError> {
+    pub async fn finish(&self, conn: &ConnHandle, id: &str) -> Result<Assembled, TransferError> {
         let entry = self.claim(conn, id).await?;
         let mut u = entry.lock().await;
         if u.finishing {
@@ -401,7 +421,6 @@ impl Transfers {
 
     /// Removes uploads that were abandoned: detached past `resume_timeout`, or idle past `idle_timeout`.
     pub fn sweep(&self) -> usize {
-        let cfg = self.cfg.load();
         let now = Instant::now();
         let stale: Vec<String> = self
             .map()
@@ -410,8 +429,8 @@ impl Transfers {
                 let u = e.try_lock().ok()?;
                 let gone = u
                     .detached_at
-                    .is_some_and(|t| now.duration_since(t) > cfg.resume_timeout.0);
-                let idle = now.duration_since(u.last_activity) > cfg.idle_timeout.0;
+                    .is_some_and(|t| now.duration_since(t) > u.resume_timeout);
+                let idle = now.duration_since(u.last_activity) > u.idle_timeout;
                 (!u.finishing && (gone || idle)).then(|| id.clone())
             })
             .collect();
@@ -434,105 +453,6 @@ impl Transfers {
             }
         });
     }
-}
-
-/// Sends a binary body to the client as a header plus numbered chunks, `window` at a time.
-pub fn start_download(
-    conn: Arc<ConnCtx>,
-    request_id: Option<Value>,
-    status: u16,
-    content_type: String,
-    body: Bytes,
-    binary_frames: bool,
-) -> bool {
-    let Some(tx) = conn.push_sender() else {
-        return false;
-    };
-    let cfg = conn.transfers.cfg.load_full();
-    let id = format!("{:032x}", rand::random::<u128>());
-    let chunk_size = cfg.chunk_size.max(1);
-    let chunks = (body.len() as u64).div_ceil(chunk_size as u64);
-    let mut header = json!({
-        "type": "api_response",
-        "status": status,
-        "_chunked": true,
-        "download_id": id,
-        "_content_type": content_type,
-        "_content_length": body.len(),
-        "chunk_size": chunk_size,
-        "chunks": chunks,
-        "window": cfg.window,
-        "sha256": hex(&Sha256::digest(&body)),
-        "binary": binary_frames,
-    });
-    if let (Some(rid), Some(o)) = (request_id, header.as_object_mut()) {
-        o.insert("request_id".to_owned(), rid);
-    }
-    let state = conn.add_download(&id);
-    // The pump's log lines keep the connection's (and message's) span.
-    let span = tracing::Span::current();
-    let pump = async move {
-        let window = u64::from(cfg.window.max(1));
-        if tx.send(Outbound::Text(header.to_string())).await.is_err() {
-            return;
-        }
-        for seq in 0..chunks {
-            loop {
-                let notified = state.notify.notified();
-                if seq < state.acked.load(Ordering::Acquire) + window {
-                    break;
-                }
-                if tokio::time::timeout(cfg.ack_timeout.0, notified)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(download = %id, seq, "download not acknowledged in time; dropped");
-                    let err = json!({"type": "error", "error": "Download acknowledgement timeout",
-                                     "code": "DOWNLOAD_ACK_TIMEOUT", "download_id": id});
-                    let _ = tx.send(Outbound::Text(err.to_string())).await;
-                    conn.remove_download(&id);
-                    return;
-                }
-            }
-            let start = usize::try_from(seq * chunk_size as u64)
-                .unwrap_or(usize::MAX)
-                .min(body.len());
-            let end = start.saturating_add(chunk_size).min(body.len());
-            let part = body.slice(start..end);
-            let msg = if binary_frames {
-                let mut frame = Vec::with_capacity(37 + part.len());
-                frame.push(b'D');
-                frame.extend_from_slice(id.as_bytes());
-                frame.extend_from_slice(&u32::try_from(seq).unwrap_or(u32::MAX).to_be_bytes());
-                frame.extend_from_slice(&part);
-                Outbound::Binary(Bytes::from(frame))
-            } else {
-                let data = base64::engine::general_purpose::STANDARD.encode(&part);
-                Outbound::Text(
-                    json!({"type": "download_chunk", "download_id": id, "seq": seq, "data": data})
-                        .to_string(),
-                )
-            };
-            if tx.send(msg).await.is_err() {
-                return;
-            }
-        }
-        // Keep the state until the last chunk is acknowledged, for the client's final acks.
-        let _ = tokio::time::timeout(cfg.ack_timeout.0, async {
-            loop {
-                let notified = state.notify.notified();
-                if state.acked.load(Ordering::Acquire) >= chunks {
-                    break;
-                }
-                notified.await;
-            }
-        })
-        .await;
-        conn.remove_download(&id);
-        tracing::info!(download = %id, chunks, "download sent");
-    };
-    tokio::spawn(tracing::Instrument::instrument(pump, span));
-    true
 }
 
 /// An upload chunk carried in a binary frame: `U`, 32 hex characters of upload id, big-endian u32 seq, payload.

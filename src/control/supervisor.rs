@@ -8,15 +8,36 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::backend::Backend;
-use crate::config::{BackendConfig, RestartPolicy};
-use crate::server::AppState;
+use crate::config::{BackendConfig, RestartPolicy, StopSignal};
+use crate::publish::{LogFeed, Publisher, Readiness, SupervisorStatus};
+use crate::snapshot::Snapshot;
+
+/// What the supervisor publishes, and where it finds the backend to probe.
+pub struct Outputs {
+    /// The live snapshot: probes go to its backend URL (a reload may change it).
+    pub snapshot: Arc<Publisher<Snapshot>>,
+    pub readiness: Arc<Publisher<Readiness>>,
+    pub status: Arc<Publisher<Option<SupervisorStatus>>>,
+    pub logs: LogFeed,
+}
+
+impl Outputs {
+    /// A supervised backend's calls are refused fast while it is not healthy.
+    fn ready(&self, healthy: bool, status: impl Into<String>) {
+        self.readiness
+            .publish(Readiness::new(healthy, true, status));
+    }
+
+    async fn probe(&self, path: &str, timeout: Duration) -> bool {
+        let upstream = self.snapshot.current().upstream.clone();
+        upstream.probe(path, timeout).await
+    }
+}
 
 /// Commands to the supervisor task.
 #[derive(Debug)]
@@ -41,18 +62,11 @@ impl Supervisor {
     }
 }
 
-/// Starts supervising `cfg.command`; readiness is published on `backend.readiness`.
-pub fn spawn(
-    cfg: BackendConfig,
-    base_dir: PathBuf,
-    backend: Arc<Backend>,
-    state: Arc<AppState>,
-    logs: broadcast::Sender<Arc<str>>,
-) -> Supervisor {
+/// Starts supervising `cfg.command`; readiness and status are published through `out`.
+pub fn spawn(cfg: BackendConfig, base_dir: PathBuf, out: Outputs) -> Supervisor {
     let (tx, rx) = mpsc::channel(4);
-    backend.readiness.set_gate(true);
-    backend.readiness.set(false, "starting");
-    tokio::spawn(run(cfg, base_dir, backend, state, logs, rx));
+    out.ready(false, "starting");
+    tokio::spawn(run(cfg, base_dir, out, rx));
     Supervisor { tx }
 }
 
@@ -75,9 +89,7 @@ enum Ended {
 async fn run(
     cfg: BackendConfig,
     base_dir: PathBuf,
-    backend: Arc<Backend>,
-    state: Arc<AppState>,
-    logs: broadcast::Sender<Arc<str>>,
+    out: Outputs,
     mut control: mpsc::Receiver<Control>,
 ) {
     let mut restarts: VecDeque<Instant> = VecDeque::new();
@@ -89,28 +101,29 @@ async fn run(
     let crash_loop_gauge = metrics::gauge!("scope_router_backend_crash_loop");
     loop {
         let started = Instant::now();
-        let ended = match spawn_child(&cfg, &base_dir, &logs) {
+        let ended = match spawn_child(&cfg, &base_dir, &out.logs) {
             Err(e) => Ended::SpawnFailed(e),
             Ok(mut child) => {
                 let pid = child.id();
                 tracing::info!(pid, command = ?cfg.command, "backend started");
-                state.supervisor_status.store(Arc::new(Some(json!({
-                    "pid": pid,
-                    "restarts_total": restarts_total,
-                    "last_failure": last_failure,
-                    "crash_loop": crash_loop,
-                }))));
-                let ended = watch(&cfg, &backend, &mut child, &mut control).await;
+                out.status.publish(Some(SupervisorStatus {
+                    pid,
+                    restarts_total,
+                    last_failure: last_failure.clone(),
+                    crash_loop,
+                    ..SupervisorStatus::default()
+                }));
+                let ended = watch(&cfg, &out, &mut child, &mut control).await;
                 // Whatever happened, nothing of this child's group may outlive it.
                 stop_group(&mut child, pid, &cfg, !matches!(ended, Ended::Exited(_))).await;
                 ended
             }
         };
-        backend.readiness.set(false, "restarting");
+        out.ready(false, "restarting");
         let was_healthy_long = started.elapsed() >= Duration::from_secs(60);
         let failure = match ended {
             Ended::Stop(done) => {
-                backend.readiness.set(false, "stopped");
+                out.ready(false, "stopped");
                 let _ = done.send(());
                 return;
             }
@@ -119,7 +132,7 @@ async fn run(
                 if cfg.restart.policy == RestartPolicy::Never
                     || (cfg.restart.policy == RestartPolicy::OnFailure && status.success())
                 {
-                    backend.readiness.set(
+                    out.ready(
                         false,
                         format!(
                             "exited ({status}); restart policy is {:?}",
@@ -169,16 +182,16 @@ async fn run(
         };
         let delay = backoff(&cfg, attempt);
         restart_counter.increment(1);
-        state.supervisor_status.store(Arc::new(Some(json!({
-            "pid": null,
-            "restarts_total": restarts_total,
-            "last_failure": failure,
-            "restarts_last_minute": restarts.len(),
-            "crash_loop": crash_loop,
-            "next_restart_in_ms": delay.as_millis() as u64,
-        }))));
+        out.status.publish(Some(SupervisorStatus {
+            pid: None,
+            restarts_total,
+            last_failure: Some(failure.clone()),
+            crash_loop,
+            restarts_last_minute: Some(restarts.len()),
+            next_restart_in_ms: Some(delay.as_millis() as u64),
+        }));
         last_failure = Some(failure.clone());
-        backend.readiness.set(
+        out.ready(
             false,
             format!("restarting in {} ms after: {failure}", delay.as_millis()),
         );
@@ -190,7 +203,7 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             Some(Control::Stop(done)) = control.recv() => {
-                backend.readiness.set(false, "stopped");
+                out.ready(false, "stopped");
                 let _ = done.send(());
                 return;
             }
@@ -211,7 +224,7 @@ fn backoff(cfg: &BackendConfig, attempt: u32) -> Duration {
 /// Probes the child until it exits, stays unhealthy, or a stop is asked for.
 async fn watch(
     cfg: &BackendConfig,
-    backend: &Backend,
+    out: &Outputs,
     child: &mut Child,
     control: &mut mpsc::Receiver<Control>,
 ) -> Ended {
@@ -238,13 +251,13 @@ async fn watch(
                 }
             }
             _ = tokio::time::sleep_until(next_probe) => {
-                let ok = backend.probe(&health.path, health.timeout.0).await;
+                let ok = out.probe(&health.path, health.timeout.0).await;
                 match (phase, ok) {
                     (Phase::Starting, true) => {
                         phase = Phase::Running;
                         failures = 0;
                         tracing::info!(after_ms = started.elapsed().as_millis() as u64, "backend is healthy");
-                        backend.readiness.set(true, "healthy");
+                        out.ready(true, "healthy");
                     }
                     (Phase::Starting, false) => {
                         let waited = started.elapsed();
@@ -260,7 +273,7 @@ async fn watch(
                                 "waiting for the backend to become healthy"
                             );
                         }
-                        backend.readiness.set(false, format!("starting ({} s)", waited.as_secs()));
+                        out.ready(false, format!("starting ({} s)", waited.as_secs()));
                     }
                     (Phase::Running, true) => failures = 0,
                     (Phase::Running, false) => {
@@ -283,7 +296,7 @@ async fn stop_group(child: &mut Child, pid: Option<u32>, cfg: &BackendConfig, gr
         return;
     };
     if graceful {
-        let signal = parse_signal(&cfg.stop.signal);
+        let signal = signal_of(cfg.stop.signal);
         let _ = killpg(pgid, signal);
         if tokio::time::timeout(cfg.stop.grace.0, child.wait())
             .await
@@ -297,14 +310,13 @@ async fn stop_group(child: &mut Child, pid: Option<u32>, cfg: &BackendConfig, gr
     let _ = child.wait().await;
 }
 
-fn parse_signal(name: &str) -> Signal {
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    full.parse().unwrap_or(Signal::SIGTERM)
+fn signal_of(s: StopSignal) -> Signal {
+    match s {
+        StopSignal::Sigterm => Signal::SIGTERM,
+        StopSignal::Sigint => Signal::SIGINT,
+        StopSignal::Sigquit => Signal::SIGQUIT,
+        StopSignal::Sighup => Signal::SIGHUP,
+    }
 }
 
 /// Resolves the program: a bare name is looked for beside this executable first (so `mock-scope`
@@ -330,11 +342,7 @@ fn expand_home(v: &str) -> String {
     }
 }
 
-fn spawn_child(
-    cfg: &BackendConfig,
-    base_dir: &Path,
-    logs: &broadcast::Sender<Arc<str>>,
-) -> Result<Child, String> {
+fn spawn_child(cfg: &BackendConfig, base_dir: &Path, logs: &LogFeed) -> Result<Child, String> {
     let argv = cfg.command.as_deref().unwrap_or_default();
     let (program, args) = argv.split_first().ok_or("backend.command is empty")?;
     let program = resolve_program(program);
@@ -367,14 +375,14 @@ fn spawn_child(
 async fn pump(
     stream: impl AsyncRead + Unpin,
     which: &'static str,
-    logs: broadcast::Sender<Arc<str>>,
+    logs: LogFeed,
     exclude: Vec<String>,
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "backend", stream = which, "{line}");
-        if logs.receiver_count() > 0 && !exclude.iter().any(|x| line.contains(x.as_str())) {
-            let _ = logs.send(Arc::from(line));
+        if logs.has_subscribers() && !exclude.iter().any(|x| line.contains(x.as_str())) {
+            logs.send(Arc::from(line));
         }
     }
 }
@@ -382,6 +390,7 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn backoff_grows_and_caps() {
@@ -396,9 +405,11 @@ mod tests {
     }
 
     #[test]
-    fn signals_parse() {
-        assert_eq!(parse_signal("SIGINT"), Signal::SIGINT);
-        assert_eq!(parse_signal("term"), Signal::SIGTERM);
-        assert_eq!(parse_signal("bogus"), Signal::SIGTERM);
+    fn stop_signals_are_a_closed_set() {
+        let cfg =
+            |sig: &str| serde_json::from_value::<crate::config::StopConfig>(json!({"signal": sig}));
+        assert_eq!(signal_of(cfg("SIGINT").unwrap().signal), Signal::SIGINT);
+        assert_eq!(signal_of(cfg("term").unwrap().signal), Signal::SIGTERM);
+        assert!(cfg("bogus").is_err(), "an unknown signal is a load error");
     }
 }

@@ -1,49 +1,86 @@
-//! Per-user cleanup on disconnect: close WebRTC sessions, empty directories, call hooks.
+//! Per-user cleanup on disconnect, compiled at load: close WebRTC sessions, empty directories, call hooks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::Method;
 
+use crate::backend::Upstream;
 use crate::config::{DisconnectStep, SignalingDisconnect};
-use crate::route::RouteTable;
-use crate::server::AppState;
-use crate::session::ConnCtx;
+use crate::conn::ConnHandle;
 
-/// Runs the table's `on_disconnect` steps in order; a failing step is logged and the next one runs.
+/// A disconnect step, compiled at load.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// DELETE every WebRTC session the connection opened, under the offer route's path.
+    CloseSessions { offer_path: String },
+    /// Empty a directory; `None` when its variable was not set at load.
+    ClearDir { spec: String, dir: Option<PathBuf> },
+    /// Call the backend; `${connection.id}` in the path is the connection id.
+    Http { method: Method, path: String },
+}
+
+impl Step {
+    /// Compiles one step; `offer_path` is the path of the table's offer route, if any.
+    pub fn compile(
+        step: &DisconnectStep,
+        offer_path: Option<&str>,
+        backend_env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Step, String> {
+        Ok(match step {
+            DisconnectStep::Signaling(SignalingDisconnect::CloseSessions) => Step::CloseSessions {
+                offer_path: offer_path
+                    .ok_or("close_sessions needs a route with `signaling: { action: offer }`")?
+                    .trim_end_matches('/')
+                    .to_owned(),
+            },
+            DisconnectStep::ClearDir(d) if d.trim().is_empty() || d.trim() == "/" => {
+                return Err(format!("refusing to clear {d:?}"));
+            }
+            DisconnectStep::ClearDir(d) => Step::ClearDir {
+                spec: d.clone(),
+                dir: resolve_dir(d, backend_env),
+            },
+            DisconnectStep::Http(h) if !h.path.starts_with('/') => {
+                return Err(format!("http path {:?} must start with '/'", h.path));
+            }
+            DisconnectStep::Http(h) => Step::Http {
+                method: crate::route::method(&h.method)?,
+                path: h.path.clone(),
+            },
+        })
+    }
+}
+
+/// Runs the steps in order; a failing step is logged and the next one runs.
 ///
 /// `clear_dir` runs only when `last` (no other connection is being served): the
 /// runner holds one user's data, and another open tab of that user still needs it.
-pub async fn run(table: &RouteTable, state: &AppState, conn: &ConnCtx, last: bool) {
-    for step in &table.connection.on_disconnect {
+pub async fn run(steps: &[Step], upstream: &Upstream, conn: &ConnHandle, last: bool) {
+    for step in steps {
         match step {
-            DisconnectStep::Signaling(SignalingDisconnect::CloseSessions) => {
-                if let Some(path) = &table.close_sessions_path {
-                    crate::handler::signaling::close_sessions(&state.backend, path, conn).await;
-                }
+            Step::CloseSessions { offer_path } => {
+                crate::handler::signaling::close_sessions(upstream, offer_path, conn).await;
             }
-            DisconnectStep::ClearDir(_) if !last => {
+            Step::ClearDir { .. } if !last => {
                 tracing::debug!("other connections are open; directory kept");
             }
-            DisconnectStep::ClearDir(dir) => {
-                let Some(dir) = resolve_dir(dir, &table.source.file.backend.env) else {
-                    tracing::warn!(dir, "clear_dir: variable not set; nothing cleared");
-                    continue;
-                };
+            Step::ClearDir { spec, dir: None } => {
+                tracing::warn!(dir = %spec, "clear_dir: variable not set; nothing cleared");
+            }
+            Step::ClearDir { dir: Some(dir), .. } => {
                 let shown = dir.display().to_string();
+                let dir = dir.clone();
                 match tokio::task::spawn_blocking(move || clear_dir(&dir)).await {
                     Ok(Ok(n)) => tracing::info!(dir = %shown, removed = n, "cleared"),
                     Ok(Err(e)) => tracing::warn!(dir = %shown, error = %e, "could not clear"),
                     Err(e) => tracing::warn!(dir = %shown, error = %e, "clear task failed"),
                 }
             }
-            DisconnectStep::Http(h) => {
-                let path = h.path.replace("${connection.id}", &conn.id);
-                let method = Method::from_bytes(h.method.to_ascii_uppercase().as_bytes())
-                    .unwrap_or(Method::POST);
-                match state
-                    .backend
-                    .call(method, &path, None, Duration::from_secs(10))
+            Step::Http { method, path } => {
+                let path = path.replace("${connection.id}", &conn.id);
+                match upstream
+                    .call(method.clone(), &path, None, Duration::from_secs(10))
                     .await
                 {
                     Ok(r) => {

@@ -1,4 +1,4 @@
-//! Live reload: watch the routes file and its schemas, rebuild the whole table, check it, and swap it in.
+//! Live reload: watch the routes file and its schemas, compile a whole new snapshot, and publish it (or keep the old one).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,17 +7,19 @@ use std::time::Duration;
 use notify::{EventKind, RecursiveMode};
 use tokio::sync::mpsc;
 
-use super::{ConfigError, RoutesFile};
-use crate::route::RouteTable;
-use crate::server::{AppState, ReloadStatus, now_unix};
+use crate::config::{ConfigError, RoutesFile};
+use crate::publish::{Publisher, ReloadStatus, now_unix};
+use crate::snapshot::{self, Compiled, Overrides, Runtime, Snapshot};
 
-/// What a reload keeps from the command line and the first load.
+/// What a reload keeps from the command line and the first load, and where it publishes.
 #[derive(Clone)]
 pub struct Reloader {
-    pub state: Arc<AppState>,
     pub routes: PathBuf,
     /// `--backend-url`, which wins over the file on every reload.
-    pub backend_url_override: Option<String>,
+    pub overrides: Overrides,
+    pub runtime: Runtime,
+    pub snapshot: Arc<Publisher<Snapshot>>,
+    pub status: Arc<Publisher<ReloadStatus>>,
     /// `--listen`, if given (then a changed `listen` in the file is no news).
     pub listen_override: Option<String>,
     /// The file as the process started with it: fields that only apply on restart are compared to it.
@@ -33,35 +35,27 @@ pub enum Outcome {
 }
 
 impl Reloader {
-    /// Loads, compiles and checks the files; swaps the table in on success, keeps the old one otherwise.
+    /// Loads, compiles and checks the files; publishes the new snapshot on success, keeps the old one otherwise.
     pub fn reload(&self, why: &str) -> Outcome {
-        let result = self.build();
+        let result = snapshot::load(&self.routes, &self.overrides, &self.runtime);
         let mut status = ReloadStatus {
             last_attempt_unix: Some(now_unix()),
-            ..ReloadStatus::clone(&self.state.reload.load())
+            ..ReloadStatus::clone(&self.status.current())
         };
         let outcome = match result {
-            Ok(table) => {
-                let current = self.state.table.load();
-                if table.version == current.version {
+            Ok(Compiled { snapshot, file }) => {
+                let current = self.snapshot.current();
+                if snapshot.meta.version == current.meta.version {
                     status.last_error = None;
                     Outcome::Unchanged
                 } else {
-                    let pending = self.restart_only_changes(&table.source.file);
+                    let pending = self.restart_only_changes(&file);
                     if !pending.is_empty() {
                         tracing::warn!(fields = ?pending, "changed fields apply on restart only; the rest is live");
                     }
-                    let backend_cfg = &table.source.file.backend;
-                    self.state
-                        .backend
-                        .set_base(&backend_cfg.url, &backend_cfg.pool);
-                    self.state
-                        .transfers
-                        .cfg
-                        .store(Arc::new(table.source.file.transfers.clone()));
-                    let version = table.version.clone();
-                    tracing::info!(%version, previous = %current.version, %why, "routes reloaded");
-                    self.state.table.store(Arc::new(table));
+                    let version = snapshot.meta.version.clone();
+                    tracing::info!(%version, previous = %current.meta.version, %why, "routes reloaded");
+                    self.snapshot.publish(snapshot);
                     status.last_error = None;
                     status.pending_restart = pending;
                     Outcome::Applied { version }
@@ -79,17 +73,8 @@ impl Reloader {
             Outcome::Failed(_) => "error",
         };
         metrics::counter!("scope_router_reload_total", "result" => label).increment(1);
-        self.state.reload.store(Arc::new(status));
+        self.status.publish(status);
         outcome
-    }
-
-    fn build(&self) -> Result<RouteTable, ConfigError> {
-        let mut loaded = super::load(&self.routes)?;
-        if let Some(url) = &self.backend_url_override {
-            loaded.file.backend.url = url.clone();
-        }
-        url_check(&self.routes, &loaded.file.backend.url)?;
-        RouteTable::compile(loaded, self.state.backend.clone())
     }
 
     /// Names of changed fields that a running process cannot apply.
@@ -129,20 +114,6 @@ impl Reloader {
         }
         out
     }
-}
-
-/// The backend URL must be a plain `http://host:port` base.
-pub fn url_check(routes: &Path, url: &str) -> Result<(), ConfigError> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|e| ConfigError::new(routes, format!("backend.url {url:?}: {e}")))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(ConfigError::new(
-            routes,
-            format!("backend.url {url:?}: must be an http:// URL with a host"),
-        ));
-    }
-    Ok(())
 }
 
 /// Watches the routes file's directory and the schema directory; reloads after a quiet `debounce`.
@@ -193,9 +164,9 @@ pub fn watch(reloader: Reloader, debounce: Duration) -> Result<(), ConfigError> 
 }
 
 fn watch_dirs(r: &Reloader) -> Vec<PathBuf> {
-    let table = r.state.table.load();
+    let snap = r.snapshot.current();
     let routes_dir = absolute(r.routes.parent().unwrap_or(Path::new(".")));
-    let schema_dir = absolute(&table.source.schema_dir);
+    let schema_dir = absolute(&snap.meta.schema_dir);
     let mut dirs = vec![routes_dir];
     if !dirs.contains(&schema_dir) {
         dirs.push(schema_dir);

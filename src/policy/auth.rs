@@ -1,4 +1,4 @@
-//! Who may connect: the connect-time token check (none, static tokens, or an HTTP authorizer).
+//! Who may connect: the connect-time token check (none, static tokens, or an HTTP authorizer), compiled at load.
 
 use std::time::Duration;
 
@@ -49,53 +49,89 @@ pub fn token_from(query: Option<&str>, authorization: Option<&str>) -> Option<St
         .filter(|t| !t.is_empty())
 }
 
-/// Whether `token` is one of the comma-separated `list`, compared in constant time.
+/// How a connection proves who it is, compiled at load (tokens read, URL parsed).
+#[derive(Debug, Clone)]
+pub enum Auth {
+    None,
+    /// Digests of the accepted tokens, or why there are none (the variable is not set).
+    Token(Result<Vec<[u8; 32]>, String>),
+    Http {
+        uri: Uri,
+        timeout: Duration,
+    },
+}
+
+impl Auth {
+    /// Compiles the `auth` section; a bad authorizer URL is a load error.
+    pub fn compile(cfg: &AuthConfig) -> Result<Auth, String> {
+        Ok(match cfg {
+            AuthConfig::None => Auth::None,
+            AuthConfig::Token { env } => Auth::Token(
+                std::env::var(env)
+                    .map(|list| {
+                        list.split(',')
+                            .map(str::trim)
+                            .filter(|t| !t.is_empty())
+                            .map(|t| Sha256::digest(t.as_bytes()).into())
+                            .collect()
+                    })
+                    .map_err(|_| format!("${env} is not set")),
+            ),
+            AuthConfig::Http { url, timeout } => Auth::Http {
+                uri: url
+                    .parse()
+                    .map_err(|e| format!("connection.auth.url {url:?}: {e}"))?,
+                timeout: Duration::max(timeout.0, Duration::from_millis(1)),
+            },
+        })
+    }
+}
+
+/// Whether `token` is one of `accepted`, compared in constant time.
 ///
 /// Digests are compared, so neither the contents nor the lengths of the accepted
 /// tokens leak through timing; every entry is compared, match or not.
-pub fn token_in_list(list: &str, token: &str) -> bool {
+fn token_in_digests(accepted: &[[u8; 32]], token: &str) -> bool {
     let given = Sha256::digest(token.as_bytes());
     let mut ok = subtle::Choice::from(0u8);
-    for accepted in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        ok |= Sha256::digest(accepted.as_bytes()).ct_eq(&given);
+    for a in accepted {
+        ok |= a.as_slice().ct_eq(given.as_slice());
     }
     bool::from(ok)
 }
 
 /// Checks a connection's token.
 pub async fn authorize(
-    cfg: &AuthConfig,
+    auth: &Auth,
     token: Option<&str>,
     connection_id: &str,
-    backend: &Backend,
+    pool: &Backend,
 ) -> Result<(), Denied> {
-    match cfg {
-        AuthConfig::None => Ok(()),
-        AuthConfig::Token { env } => {
+    match auth {
+        Auth::None => Ok(()),
+        Auth::Token(accepted) => {
             let token = token.ok_or(Denied::Missing)?;
-            let list = std::env::var(env)
-                .map_err(|_| Denied::Misconfigured(format!("${env} is not set")))?;
-            if token_in_list(&list, token) {
+            let accepted = accepted
+                .as_ref()
+                .map_err(|e| Denied::Misconfigured(e.clone()))?;
+            if token_in_digests(accepted, token) {
                 Ok(())
             } else {
                 Err(Denied::Rejected)
             }
         }
-        AuthConfig::Http { url, timeout } => {
+        Auth::Http { uri, timeout } => {
             let token = token.ok_or(Denied::Missing)?;
-            let uri: Uri = url
-                .parse()
-                .map_err(|e| Denied::Misconfigured(format!("authorizer url: {e}")))?;
             let body =
                 serde_json::json!({"token": token, "connection_id": connection_id}).to_string();
             let headers = [(header::AUTHORIZATION, format!("Bearer {token}"))];
-            let resp = backend
+            let resp = pool
                 .send_outbound(
                     Method::POST,
-                    uri,
+                    uri.clone(),
                     Some((Bytes::from(body), "application/json")),
                     &headers,
-                    Duration::max(timeout.0, Duration::from_millis(1)),
+                    *timeout,
                     64 * 1024,
                 )
                 .await
@@ -128,6 +164,16 @@ mod tests {
         assert_eq!(token_from(None, None), None);
     }
 
+    fn token_in_list(list: &str, token: &str) -> bool {
+        let digests: Vec<[u8; 32]> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Sha256::digest(t.as_bytes()).into())
+            .collect();
+        token_in_digests(&digests, token)
+    }
+
     #[test]
     fn static_tokens_compare_whole() {
         assert!(token_in_list("alpha, beta", "beta"));
@@ -139,10 +185,11 @@ mod tests {
 
     #[tokio::test]
     async fn missing_token_and_unset_list_deny() {
-        let backend = Backend::new("http://127.0.0.1:9", &crate::config::PoolConfig::default());
-        let cfg = AuthConfig::Token {
+        let backend = Backend::new(&crate::config::PoolConfig::default());
+        let cfg = Auth::compile(&AuthConfig::Token {
             env: "SCOPE_ROUTER_TEST_UNSET_VAR".to_owned(),
-        };
+        })
+        .unwrap();
         assert_eq!(
             authorize(&cfg, None, "c", &backend).await,
             Err(Denied::Missing)
@@ -151,9 +198,6 @@ mod tests {
             authorize(&cfg, Some("x"), "c", &backend).await,
             Err(Denied::Misconfigured(_))
         ));
-        assert_eq!(
-            authorize(&AuthConfig::None, None, "c", &backend).await,
-            Ok(())
-        );
+        assert_eq!(authorize(&Auth::None, None, "c", &backend).await, Ok(()));
     }
 }

@@ -1,0 +1,112 @@
+//! The connection policy of one snapshot: limits, auth, the hooks around a connection and log push, compiled at load.
+
+pub mod auth;
+pub mod cleanup;
+
+use std::time::Duration;
+
+use crate::config::{ConnectionConfig, LogsConfig};
+use crate::template::{Ctx, Scope, Template};
+
+/// A per-connection token bucket's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// WebSocket-level keepalive.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Backend log lines pushed to clients.
+#[derive(Debug, Clone, Copy)]
+pub struct LogPush {
+    pub enabled: bool,
+    /// Most lines in one `logs` message.
+    pub batch: usize,
+}
+
+/// What one connection may do, and what happens around it.
+#[derive(Debug)]
+pub struct ConnectionPolicy {
+    pub max_message_bytes: usize,
+    pub max_in_flight: usize,
+    pub max_duration: Option<Duration>,
+    pub drain_timeout: Duration,
+    pub max_connections: usize,
+    pub rate: Option<Rate>,
+    pub idle_timeout: Option<Duration>,
+    pub write_timeout: Duration,
+    pub keepalive: Option<Keepalive>,
+    pub auth: auth::Auth,
+    /// Sent right after the upgrade.
+    pub on_connect: Template,
+    pub on_disconnect: Vec<cleanup::Step>,
+    /// Upload chunks may arrive as binary frames (an `upload_chunk` transfer route exists).
+    pub binary_uploads: bool,
+    pub logs: LogPush,
+}
+
+impl ConnectionPolicy {
+    /// Compiles the `connection` section. Errors name the field; the caller places them.
+    pub fn compile(
+        conn: &ConnectionConfig,
+        logs: &LogsConfig,
+        offer_path: Option<&str>,
+        binary_uploads: bool,
+        backend_env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<ConnectionPolicy, String> {
+        if conn.max_in_flight == 0 {
+            return Err("connection.max_in_flight must be at least 1".to_owned());
+        }
+        let on_connect_src = conn.on_connect.clone().unwrap_or_else(
+            || serde_json::json!({"type": "ready", "connection_id": "${connection.id}"}),
+        );
+        let on_connect = Template::compile_reply(&on_connect_src, Scope::CONNECTION)
+            .map_err(|e| format!("connection.on_connect: {e}"))?;
+        let on_disconnect = conn
+            .on_disconnect
+            .iter()
+            .map(|s| cleanup::Step::compile(s, offer_path, backend_env))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| format!("connection.on_disconnect: {e}"))?;
+        Ok(ConnectionPolicy {
+            max_message_bytes: conn.max_message_bytes,
+            max_in_flight: conn.max_in_flight,
+            max_duration: conn.max_duration.map(|d| d.0),
+            drain_timeout: conn.drain_timeout.0,
+            max_connections: conn.max_connections,
+            rate: conn.rate.map(|r| Rate {
+                per_second: r.per_second,
+                burst: r.burst,
+            }),
+            idle_timeout: conn.idle_timeout.map(|d| d.0),
+            write_timeout: conn.write_timeout.0,
+            keepalive: conn.keepalive.map(|k| Keepalive {
+                interval: k.interval.0,
+                timeout: k.timeout.0,
+            }),
+            auth: auth::Auth::compile(&conn.auth)?,
+            on_connect,
+            on_disconnect,
+            binary_uploads,
+            logs: LogPush {
+                enabled: logs.push_to_clients,
+                batch: logs.batch.max(1),
+            },
+        })
+    }
+
+    /// Renders the `on_connect` message for a connection.
+    pub fn connect_message(&self, connection_id: &str) -> String {
+        let ctx = Ctx {
+            connection_id: Some(connection_id),
+            ..Ctx::default()
+        };
+        self.on_connect.render_to_string(&ctx)
+    }
+}

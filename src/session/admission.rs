@@ -1,0 +1,91 @@
+//! Connection slots: who is admitted, and the hold that makes the next user's `ready` wait for the last user's cleanup.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// The listener-wide counts a connection takes part in.
+pub struct Slots {
+    /// Connections admitted and not yet in cleanup (checked against `max_connections`).
+    serving: AtomicUsize,
+    /// Connections running their disconnect steps; a `ready` may wait for zero.
+    cleaning: watch::Sender<usize>,
+    /// Connections being served right now (including their disconnect steps).
+    open: AtomicUsize,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            serving: AtomicUsize::new(0),
+            cleaning: watch::channel(0).0,
+            open: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A slot taken by an admitted connection; give it back with [`Slots::leave`].
+#[must_use]
+pub struct Slot(());
+
+impl Slots {
+    /// Connections being served, including their disconnect steps.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn opened(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Takes a slot, unless `max` connections are already served.
+    pub(crate) fn admit(&self, max: usize) -> Option<Slot> {
+        let serving = self.serving.fetch_add(1, Ordering::AcqRel) + 1;
+        if serving > max {
+            self.serving.fetch_sub(1, Ordering::AcqRel);
+            None
+        } else {
+            Some(Slot(()))
+        }
+    }
+
+    /// Gives a slot back without cleanup (the connection was refused after admission).
+    pub(crate) fn refund(&self, _slot: Slot) {
+        self.serving.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The connection ends: cleaning is raised before the slot is given up, so a
+    /// connection admitted from now on waits for this one's cleanup before its `ready`.
+    /// True when this was the last connection served.
+    pub(crate) fn leave(&self, _slot: Slot) -> bool {
+        self.cleaning.send_modify(|n| *n += 1);
+        self.serving.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// The connection's cleanup has finished.
+    pub(crate) fn cleaned(&self) {
+        self.cleaning.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Waits (up to `limit`) until no cleanup is running, so no user sees the previous user's files.
+    pub(crate) async fn wait_for_cleanups(&self, limit: Duration) {
+        let mut cleaning = self.cleaning.subscribe();
+        let waited = Instant::now();
+        if tokio::time::timeout(limit, cleaning.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!("previous connection's cleanup still running after 120 s; going on");
+        } else if waited.elapsed() > Duration::from_millis(1) {
+            tracing::info!(
+                waited_ms = waited.elapsed().as_millis() as u64,
+                "held ready until the previous cleanup finished"
+            );
+        }
+    }
+}
