@@ -1,4 +1,8 @@
 //! The typed shape of `routes.yaml`: serde for loading, schemars for the editor schema.
+//!
+//! Longer than most files on purpose: it reads top-down like the routes file itself,
+//! section by section, and its doc comments are the descriptions of the generated
+//! `schemas/routes.schema.json`, so splitting it would scatter one document.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -168,7 +168,7 @@ impl SchemaSet {
     }
 }
 
-/// The schema check of one route, run by the [`crate::guard`] layer before any work.
+/// The schema check of one route, run by the `crate::guard` layer before any work.
 #[derive(Clone)]
 pub struct SchemaCheck {
     route: Arc<str>,
