@@ -24,9 +24,6 @@ pub struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SCOPE_ROUTER_LOG_FORMAT")]
-    log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -93,12 +90,20 @@ struct ServeArgs {
     /// Quiet time after a file change before reloading.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     reload_debounce: Duration,
+    /// Log format (only serving writes logs; the other commands print their results).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SCOPE_ROUTER_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let log_format = match &cli.command {
+        Some(Command::Serve(args)) => args.log_format,
+        None => cli.serve.log_format,
+        Some(_) => LogFormat::Text,
+    };
+    init_tracing(log_format);
     match cli.command {
         Some(Command::Validate { routes }) => validate(&routes),
         Some(Command::Asyncapi { routes }) => match offline_table(&routes) {
@@ -182,9 +187,25 @@ fn check(
         }
     };
     let all = crate::contract::cases(&table);
-    let total = all.len();
-    let cases = crate::contract::select(all, only, include_mutating);
-    let skipped = total - cases.len();
+    let selection = match crate::contract::select(&table, all, only, include_mutating) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for route in crate::contract::unchecked_routes(&table) {
+        if only.is_empty() || only.contains(&route) {
+            println!(
+                "warning: route `{route}` names no reply_schemas; its replies are checked structurally only"
+            );
+        }
+    }
+    let crate::contract::Selection {
+        cases,
+        filtered,
+        mutating_skipped,
+    } = selection;
     println!(
         "checking {} against {} ({} cases)",
         crate::contract::redact(url),
@@ -212,9 +233,12 @@ fn check(
         }
     }
     let passed = results.len() - failed;
-    if skipped > 0 {
+    if filtered > 0 {
+        println!("({filtered} cases of other routes left out by --only)");
+    }
+    if mutating_skipped > 0 {
         println!(
-            "({skipped} cases that change backend state skipped; --include-mutating runs them)"
+            "({mutating_skipped} cases that change backend state skipped; --include-mutating runs them)"
         );
     }
     println!("{passed} passed, {failed} failed");
@@ -239,6 +263,11 @@ fn validate(routes: &Path) -> ExitCode {
     };
     match rt.block_on(async { crate::snapshot::offline(routes) }) {
         Ok(snap) => {
+            for route in crate::contract::unchecked_routes(&snap) {
+                eprintln!(
+                    "warning: route `{route}` names no reply_schemas: `scope-router check` can check its replies only structurally"
+                );
+            }
             println!(
                 "{}: ok ({} routes, {} schemas, version {})",
                 routes.display(),
@@ -280,6 +309,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
+    server::describe_metrics();
 
     // The control plane: first load, reload, supervision. It publishes; the listener reads.
     let overrides = Overrides {

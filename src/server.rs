@@ -146,6 +146,52 @@ async fn admin_config(State(state): State<Arc<Listener>>) -> impl IntoResponse {
     axum::Json(state.config_json())
 }
 
+/// Describes every metric the router exports (`# HELP` lines) and registers each one, so
+/// `/metrics` lists them all from startup, at zero, before anything has happened.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "scope_router_messages_total",
+        "Messages handled, by route and result (ok, rejected, backend_error, unavailable, timeout)."
+    );
+    describe_histogram!(
+        "scope_router_message_duration_seconds",
+        Unit::Seconds,
+        "Time from a message's arrival to its reply, by route."
+    );
+    describe_gauge!(
+        "scope_router_connections_open",
+        "WebSocket connections being served right now."
+    );
+    describe_counter!(
+        "scope_router_auth_denied_total",
+        "Connections refused by the connect-time auth check."
+    );
+    describe_counter!(
+        "scope_router_reload_total",
+        "Reload attempts of routes.yaml and its schemas, by result (ok, unchanged, error)."
+    );
+    describe_counter!(
+        "scope_router_backend_restarts_total",
+        "Restarts of the supervised backend."
+    );
+    describe_gauge!(
+        "scope_router_backend_crash_loop",
+        "1 while the supervised backend restarts more often than max_restarts_per_minute."
+    );
+    describe_counter!(
+        "scope_router_reply_contract_violations_total",
+        "Replies that fit none of their route's reply schemas (validate_replies: warn), by route."
+    );
+    metrics::gauge!("scope_router_connections_open").set(0.0);
+    metrics::gauge!("scope_router_backend_crash_loop").set(0.0);
+    metrics::counter!("scope_router_auth_denied_total").absolute(0);
+    metrics::counter!("scope_router_backend_restarts_total").absolute(0);
+    for result in ["ok", "unchanged", "error"] {
+        metrics::counter!("scope_router_reload_total", "result" => result).absolute(0);
+    }
+}
+
 /// Serves `app` on `listener` until `stop` resolves. Accepted sockets get `TCP_NODELAY`:
 /// a reply and a pushed message are separate small writes, and with Nagle's algorithm the
 /// second waits for the client's delayed ACK (about 40 ms).

@@ -46,7 +46,11 @@ impl Reloader {
             Ok(Compiled { snapshot, file }) => {
                 let current = self.snapshot.current();
                 if snapshot.meta.version == current.meta.version {
-                    status.last_error = None;
+                    // The files were put back as they were: say so, or the last line in
+                    // the log would stay the failure.
+                    if status.last_error.take().is_some() {
+                        tracing::info!(version = %current.meta.version, %why, "reload recovered: the files are valid again (unchanged from the running routes)");
+                    }
                     Outcome::Unchanged
                 } else {
                     let pending = self.restart_only_changes(&file);

@@ -13,7 +13,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::metrics::{MetricsLayer, RouteMetrics};
 use super::ready::{ReadyCheck, Refusal};
-use super::{DEFAULT_ROUTE, Route, RouteKey, RouteService, RouteTable};
+use super::{DEFAULT_ROUTE, Mutates, Route, RouteKey, RouteService, RouteTable};
 use crate::backend::Upstream;
 use crate::config::{
     ForwardConfig, HandlerConfig, ReplyValidation, RouteConfig, SignalingAction, SignalingConfig,
@@ -216,7 +216,25 @@ fn build_route(
         schema: cfg.schema.clone(),
         reply_schemas: cfg.reply_schemas.clone(),
         kind: cfg.handler.kind(),
+        mutates: mutates(&cfg.handler),
     })
+}
+
+/// A case is mutating unless it is known to be safe: a local reply, or a `GET`/`HEAD` forward.
+fn mutates(h: &HandlerConfig) -> Mutates {
+    match h {
+        HandlerConfig::Reply(_) => Mutates::Never,
+        HandlerConfig::Forward(f) if f.from_message => Mutates::ByMethod,
+        HandlerConfig::Forward(f) => {
+            let m = f.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
+            if m == "GET" || m == "HEAD" {
+                Mutates::Never
+            } else {
+                Mutates::Always
+            }
+        }
+        HandlerConfig::Signaling(_) | HandlerConfig::Transfer(_) => Mutates::Always,
+    }
 }
 
 fn transfer_step(a: TransferAction) -> TransferStep {

@@ -36,6 +36,19 @@ pub struct Route {
     pub reply_schemas: Vec<String>,
     /// What the route does, for `/admin/config` and tooling.
     pub kind: &'static str,
+    /// Whether running one of its messages could change backend state.
+    pub mutates: Mutates,
+}
+
+/// Whether a route's messages can change backend state (so `check` runs them only when asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutates {
+    /// A local reply, or a `GET`/`HEAD` forward: safe against a live deployment.
+    Never,
+    /// The `api` passthrough: the message's own `method` decides.
+    ByMethod,
+    /// Any other forward, an offer, a transfer step.
+    Always,
 }
 
 /// How the routing key is read from a message.

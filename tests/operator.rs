@@ -1,0 +1,199 @@
+//! Operator tools that must say exactly what is true: `check`'s selection and summary, reload
+//! recovery, metrics help text, and flags offered only where they apply.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// A schema for a route whose message is `{"type": <name>}`, with one example.
+fn schema_for(name: &str) -> String {
+    format!(
+        r#"{{ "type": "object", "properties": {{ "type": {{ "const": "{name}" }} }}, "required": ["type"],
+             "examples": [ {{ "type": "{name}" }} ] }}"#
+    )
+}
+
+/// The default routes plus two routes without `reply_schemas`: a GET forward (safe) and the
+/// README walkthrough's fixed-target POST (it changes backend state).
+fn routes_with_custom() -> TempRoutes {
+    let t = default_routes_with(&[(
+        "\n  ping:\n",
+        "\n  pipeline_state:\n    schema: pipeline_state.json\n    forward:\n      method: GET\n      path: /api/v1/pipeline/status\n      reply: { type: pipeline_state, data: \"${response.json}\" }\n  load_pipeline:\n    schema: load_pipeline.json\n    forward:\n      method: POST\n      path: /api/v1/pipeline/load\n      body: { pipeline_ids: [passthrough] }\n      reply: { type: pipeline_loading, status: \"${response.status}\" }\n  ping:\n",
+    )]);
+    // The routes' schema directory is the repo's; these two schemas live in the tempdir,
+    // named by absolute path.
+    let state = t.write("pipeline_state.json", &schema_for("pipeline_state"));
+    let load = t.write("load_pipeline.json", &schema_for("load_pipeline"));
+    let text = std::fs::read_to_string(&t.path).unwrap();
+    let text = text
+        .replace(
+            "schema: pipeline_state.json",
+            &format!("schema: {}", state.display()),
+        )
+        .replace(
+            "schema: load_pipeline.json",
+            &format!("schema: {}", load.display()),
+        );
+    std::fs::write(&t.path, text).unwrap();
+    t
+}
+
+fn check(url: &str, routes: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(ROUTER)
+        .args(["check", "--url", url, "--routes"])
+        .arg(routes)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_passes_routes_without_reply_schemas_and_never_sends_a_fixed_post() {
+    let routes = routes_with_custom();
+    let m = mock(&[]);
+    let r = router(&routes.path, &m.http(), &[]);
+    let (url, path) = (r.ws_url(), routes.path.clone());
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        check(
+            &url,
+            &path,
+            &["--only", "pipeline_state,load_pipeline,ping"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("PASS  pipeline_state#0"), "{out}");
+    assert!(
+        out.contains("warning: route `pipeline_state` names no reply_schemas"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("load_pipeline#0"),
+        "a fixed POST is mutating: {out}"
+    );
+    assert!(
+        out.contains("1 cases that change backend state skipped"),
+        "{out}"
+    );
+    assert!(out.contains("left out by --only"), "{out}");
+    assert!(
+        out.lines().last().unwrap().ends_with("passed, 0 failed"),
+        "{out}"
+    );
+    assert!(
+        mock_recent(&m, "POST", "/api/v1/pipeline/load")
+            .await
+            .is_empty(),
+        "check sent a POST without --include-mutating"
+    );
+
+    // With --include-mutating it runs, and reaches the backend.
+    let (url, path) = (r.ws_url(), routes.path.clone());
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        check(
+            &url,
+            &path,
+            &["--only", "load_pipeline", "--include-mutating"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("PASS  load_pipeline#0"), "{out}");
+    assert_eq!(
+        mock_recent(&m, "POST", "/api/v1/pipeline/load").await.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn check_only_with_an_unknown_route_is_an_error_that_lists_the_routes() {
+    let (_m, r) = stack();
+    let url = r.ws_url();
+    let routes = repo().join("routes.yaml");
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || check(&url, &routes, &["--only", "pingg"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("--only names no route: pingg"), "{err}");
+    assert!(
+        err.contains("ping") && err.contains("icecandidate"),
+        "{err}"
+    );
+    assert!(!out.contains("0 passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn validate_warns_about_routes_without_reply_schemas() {
+    let routes = routes_with_custom();
+    let out = Command::new(ROUTER)
+        .args(["validate", "--routes"])
+        .arg(&routes.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: route `load_pipeline` names no reply_schemas"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_fixed_file_after_a_failed_reload_is_confirmed_in_the_log() {
+    let routes = default_routes_with(&[]);
+    let good = std::fs::read_to_string(&routes.path).unwrap();
+    let m = mock(&[]);
+    let r = router(&routes.path, &m.http(), &["--reload-debounce", "20ms"]);
+    std::fs::write(&routes.path, good.replace("version: 1", "version: [")).unwrap();
+    r.wait_for_line("reload failed").await;
+    std::fs::write(&routes.path, &good).unwrap();
+    r.wait_for_line("reload recovered").await;
+}
+
+/// Every metric the README lists, with its help text, before any connection was made.
+#[tokio::test]
+async fn metrics_have_help_and_every_gauge_exists_from_startup() {
+    let (_m, r) = stack();
+    let (status, text) = http(&format!("{}/metrics", r.http()), "GET", None).await;
+    assert_eq!(status, 200);
+    for name in [
+        "scope_router_messages_total",
+        "scope_router_message_duration_seconds",
+        "scope_router_connections_open",
+        "scope_router_backend_restarts_total",
+        "scope_router_backend_crash_loop",
+        "scope_router_reload_total",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no help for {name}:\n{text}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l == "scope_router_connections_open 0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn subcommands_offer_only_their_own_flags() {
+    let help = |args: &[&str]| {
+        let out = Command::new(ROUTER).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!help(&["schema", "--help"]).contains("--log-format"));
+    assert!(!help(&["validate", "--help"]).contains("--log-format"));
+    assert!(help(&["serve", "--help"]).contains("--log-format"));
+}
