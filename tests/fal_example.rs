@@ -14,15 +14,19 @@ fn fal_dir() -> std::path::PathBuf {
 
 #[test]
 fn fal_app_compiles_and_prints_its_start_command() {
+    // Compile into a temporary cache, so the test writes nothing into the repository.
+    let cache = tempfile::tempdir().unwrap();
     let ok = Command::new("python3")
         .args(["-m", "py_compile"])
         .arg(fal_dir().join("fal_app.py"))
+        .env("PYTHONPYCACHEPREFIX", cache.path())
         .status()
         .unwrap();
     assert!(ok.success());
     let out = Command::new("python3")
         .arg(fal_dir().join("fal_app.py"))
         .arg("--print-command")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -93,6 +97,7 @@ async fn the_start_command_serves_with_mock_scope_in_place_of_scope() {
     let mut cmd = Command::new("python3");
     cmd.arg(fal_dir().join("fal_app.py"))
         .arg("--run")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("SCOPE_ROUTER_BIN", ROUTER)
         .env("SCOPE_ROUTES", &routes)
         .env("SCOPE_ROUTER_PORT", router_port.to_string());
