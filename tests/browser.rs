@@ -170,7 +170,7 @@ async fn camera_streams_through_the_router_and_the_looped_back_video_plays() {
     let script = require_browser_tooling();
     let routes = example_routes();
     // Not --quiet: the peer's log lines are asserted on below.
-    let mut cmd = Command::new(MOCK);
+    let mut cmd = Command::new(MOCK.as_str());
     cmd.args(["--listen", "127.0.0.1:0"]);
     let mock = Proc::start(cmd, "mock-scope listening on");
     let router = router(&routes.path, &mock.http(), &[]);

@@ -85,7 +85,7 @@ async fn the_start_command_serves_with_mock_scope_in_place_of_scope() {
         .unwrap()
         .replace(
             r#"["uv", "run", "daydream-scope", "--no-browser", "--host", "127.0.0.1", "--port", "8000"]"#,
-            &json!([MOCK, "--no-browser", "--host", "127.0.0.1", "--port", backend_port.to_string()]).to_string(),
+            &json!([MOCK.as_str(), "--no-browser", "--host", "127.0.0.1", "--port", backend_port.to_string()]).to_string(),
         )
         .replace("http://127.0.0.1:8000", &format!("http://127.0.0.1:{backend_port}"))
         .replace("schemas: ../../schemas", &format!("schemas: {}", repo().join("schemas").display()))

@@ -866,7 +866,7 @@ async fn disconnect_empties_the_assets_dir_before_the_next_ready() {
         "DAYDREAM_SCOPE_ASSETS_DIR: /tmp/daydream-scope/assets",
         &format!("DAYDREAM_SCOPE_ASSETS_DIR: {:?}", dir.display().to_string()),
     )]);
-    let mut cmd = std::process::Command::new(MOCK);
+    let mut cmd = std::process::Command::new(MOCK.as_str());
     cmd.args(["--listen", "127.0.0.1:0", "--quiet"])
         .env("DAYDREAM_SCOPE_ASSETS_DIR", &dir);
     let m = Proc::start(cmd, "mock-scope listening on");

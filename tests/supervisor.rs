@@ -264,7 +264,8 @@ async fn sigterm_leaves_no_process_of_the_child_group() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // A shell that starts the backend and a grandchild, like `uv` starting python.
-    let script = format!("{MOCK} --host 127.0.0.1 --port {port} & sleep 600 & wait");
+    let mock = MOCK.as_str();
+    let script = format!("{mock} --host 127.0.0.1 --port {port} & sleep 600 & wait");
     let cmd = vec!["sh".to_owned(), "-c".to_owned(), script];
     let routes = routes_file(
         dir.path(),

@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -16,7 +16,79 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const ROUTER: &str = env!("CARGO_BIN_EXE_scope-router");
-pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-scope");
+/// The `mock-scope` binary. It is its own package (tools/mock-scope), so Cargo gives these tests no
+/// `CARGO_BIN_EXE_mock-scope`: this is the one in the tests' own target directory, built first
+/// (`cargo build --workspace --bin mock-scope`, the binary `cargo build --bins` makes) when it is
+/// missing or older than its sources. Resolved once per test process; Cargo's lock on the target
+/// directory serialises concurrent test processes.
+pub static MOCK: LazyLock<String> = LazyLock::new(|| {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // <target>/<profile>/deps/<test>-<hash> → <target>/<profile>, where `cargo build` puts binaries.
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary sits in <target>/<profile>/deps");
+    let bin = dir.join(format!("mock-scope{}", std::env::consts::EXE_SUFFIX));
+    if !is_fresh(&bin) {
+        build_mock(dir);
+        assert!(
+            bin.is_file(),
+            "building mock-scope did not produce {}",
+            bin.display()
+        );
+    }
+    bin.to_str().expect("a UTF-8 path").to_owned()
+});
+
+/// Whether `bin` exists and is no older than mock-scope's sources, manifest and the lock file.
+fn is_fresh(bin: &Path) -> bool {
+    fn newest(path: &Path) -> SystemTime {
+        let mut t = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for e in entries.flatten() {
+                t = t.max(newest(&e.path()));
+            }
+        }
+        t
+    }
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let sources = newest(&repo().join("tools/mock-scope")).max(newest(&repo().join("Cargo.lock")));
+    built >= sources
+}
+
+/// Builds mock-scope into `dir` (<target>/<profile>), so into the target directory these tests
+/// were built in, whether it came from CARGO_TARGET_DIR, `--target-dir` or neither. With the
+/// workspace's features, as `cargo build --bins` does (`-p mock-scope` alone would resolve other
+/// features, rebuild dependencies, and replace the binary `cargo build --bins` made).
+fn build_mock(dir: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = dir.parent().expect("<target>/<profile> has a parent");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo())
+        .args(["build", "--workspace", "--bin", "mock-scope"])
+        .arg("--target-dir")
+        .arg(target_dir);
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(profile) => {
+            cmd.args(["--profile", profile]);
+        }
+    }
+    let out = cmd.output().expect("run cargo to build mock-scope");
+    assert!(
+        out.status.success(),
+        "building mock-scope failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// How long any single wait may take before a test fails (generous: CI machines are noisy).
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -139,7 +211,7 @@ impl Proc {
 
 /// Starts `mock-scope` on a free port.
 pub fn mock(extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(MOCK);
+    let mut cmd = Command::new(MOCK.as_str());
     cmd.args(["--listen", "127.0.0.1:0", "--quiet"]).args(extra);
     Proc::start(cmd, "mock-scope listening on")
 }
@@ -782,7 +854,7 @@ fn parse_server_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
 /// The command line of a supervised `mock-scope` on `port`, as a routes file's `backend.command` wants it.
 pub fn mock_command(port: u16, extra: &[&str]) -> Vec<String> {
     let mut v = vec![
-        MOCK.to_owned(),
+        MOCK.as_str().to_owned(),
         "--host".into(),
         "127.0.0.1".into(),
         "--port".into(),
