@@ -278,7 +278,11 @@ fn validate(routes: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            for one in e.each() {
+                let mut single = one.clone();
+                single.more.clear();
+                eprintln!("error: {single}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -130,8 +130,15 @@ fn compile(loaded: &config::Loaded, rt: &Runtime) -> Result<Snapshot, ConfigErro
                 continue;
             }
             let p = loaded.schema_dir.join(s);
-            let compiled = CompiledSchema::load(&p)
-                .map_err(|e| at_route(name, format!("schema {}: {e}", p.display())))?;
+            // A broken schema is reported in its own file, at its own line.
+            let compiled = CompiledSchema::load(&p).map_err(|e| {
+                ConfigError::at_line(
+                    &p,
+                    e.line,
+                    e.column,
+                    format!("{} (schema of route `{name}`)", e.message),
+                )
+            })?;
             schema_texts.push((s.clone(), std::fs::read(&p).unwrap_or_default()));
             schemas.by_name.insert(s.clone(), Arc::new(compiled));
         }
@@ -154,7 +161,23 @@ fn compile(loaded: &config::Loaded, rt: &Runtime) -> Result<Snapshot, ConfigErro
         RouteKey::parse(&file.connection.route_on),
         &shared,
     )
-    .map_err(|(name, e)| at_route(&name, e))?;
+    .map_err(|errors| {
+        let placed = errors
+            .into_iter()
+            .map(
+                |(name, e)| match expression_place(&loaded.text, file, &name, &e) {
+                    Some((line, column)) => ConfigError::at_line(
+                        path,
+                        Some(line),
+                        Some(column),
+                        format!("route `{name}`: {e}"),
+                    ),
+                    None => at_route(&name, e),
+                },
+            )
+            .collect();
+        ConfigError::all(placed).unwrap_or_else(|| ConfigError::new(path, "routes do not compile"))
+    })?;
 
     let offer_path = file.routes.values().find_map(|r| match &r.value.handler {
         HandlerConfig::Signaling(s) if s.action == SignalingAction::Offer => Some(s.path.as_str()),
@@ -188,6 +211,24 @@ fn compile(loaded: &config::Loaded, rt: &Runtime) -> Result<Snapshot, ConfigErro
             static_dir: file.static_files.as_ref().map(|d| base.join(d)),
         },
     })
+}
+
+/// Where the template expression an error names is written: its first occurrence at or
+/// after the route's own line (so a typo is reported where it was typed).
+fn expression_place(text: &str, file: &RoutesFile, route: &str, error: &str) -> Option<(u64, u64)> {
+    let start = error.find("`${")? + 1;
+    let len = error.get(start..)?.find("}`")? + 1;
+    let expr = error.get(start..start + len)?;
+    let from_line = usize::try_from(file.routes.get(route)?.referenced.line())
+        .ok()?
+        .saturating_sub(1);
+    text.lines()
+        .enumerate()
+        .skip(from_line)
+        .find_map(|(i, line)| {
+            let col = line.find(expr)?;
+            Some((i as u64 + 1, line.get(..col)?.chars().count() as u64 + 1))
+        })
 }
 
 impl Snapshot {

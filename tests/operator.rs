@@ -197,3 +197,89 @@ fn subcommands_offer_only_their_own_flags() {
     assert!(!help(&["validate", "--help"]).contains("--log-format"));
     assert!(help(&["serve", "--help"]).contains("--log-format"));
 }
+
+fn validate(routes: &Path) -> (bool, String) {
+    let out = Command::new(ROUTER)
+        .args(["validate", "--routes"])
+        .arg(routes)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const BASE: &str = "version: 1\nbackend:\n  url: http://127.0.0.1:1\nroutes:\n";
+
+#[test]
+fn validate_reports_every_misspelled_key_at_its_own_place() {
+    let t = TempRoutes::new(&format!(
+        "{BASE}  ping:\n    reply: {{ type: pong }}\n    schemma: ping.json\n  pong:\n    replyy: {{ type: x }}\n    reply: {{ type: y }}\nconection: {{}}\n"
+    ));
+    let (ok, err) = validate(&t.path);
+    assert!(!ok);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    let file = t.path.display().to_string();
+    assert!(
+        lines[0].starts_with(&format!("error: {file}:7:5: unknown field `schemma`")),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("error: {file}:9:5: unknown field `replyy`")),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("error: {file}:11:1: unknown field `conection`")),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_places_a_template_typo_at_the_expression() {
+    let t = TempRoutes::new(&format!(
+        "{BASE}  ping:\n    reply:\n      type: pong\n      who: \"${{conection.id}}\"\n"
+    ));
+    let (ok, err) = validate(&t.path);
+    assert!(!ok);
+    let file = t.path.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{file}:8:13: route `ping`: reply: unknown variable `${{conection.id}}`"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_places_a_schema_error_in_the_schema_file_once() {
+    let t = TempRoutes::new(&format!(
+        "{BASE}  ping:\n    schema: ping.json\n    reply: {{ type: pong }}\n"
+    ));
+    let schema = t.write("schemas/ping.json", "{\n  \"type\": \"object\",\n  \"properties\": {\n    \"type\": { \"const\": \"ping\" },\n  }\n}\n");
+    let (ok, err) = validate(&t.path);
+    assert!(!ok);
+    let at = format!("error: {}:5:", schema.display());
+    assert!(err.contains(&at), "the schema file's own place: {err}");
+    assert!(err.contains("(schema of route `ping`)"), "{err}");
+    assert!(!err.contains("at line"), "the place is said once: {err}");
+    assert!(!err.contains("routes.yaml:"), "{err}");
+}
+
+#[test]
+fn validate_flags_a_misspelled_schema_keyword() {
+    let t = TempRoutes::new(&format!(
+        "{BASE}  ping:\n    schema: ping.json\n    reply: {{ type: pong }}\n"
+    ));
+    let schema = t.write(
+        "schemas/ping.json",
+        "{\n  \"type\": \"object\",\n  \"properties\": {\n    \"name\": { \"type\": \"string\", \"minLenght\": 1 }\n  }\n}\n",
+    );
+    let (ok, err) = validate(&t.path);
+    assert!(!ok, "a constraint that would silently vanish is an error");
+    assert!(
+        err.contains(&format!("error: {}:4:33: unknown JSON Schema keyword `minLenght` at /properties/name (did you mean `minLength`?)", schema.display())),
+        "{err}"
+    );
+}

@@ -186,7 +186,7 @@ async fn invalid_files_keep_the_old_routes_and_say_where() {
                 "B",
                 "  broken:\n    schema: broken.json\n    reply: { type: x }\n",
             ),
-            "routes.yaml:10:",
+            "broken.json: not a valid JSON Schema",
         ),
     ];
     std::fs::write(f.schemas.join("broken.json"), r#"{"type": 12}"#).unwrap();

@@ -16,6 +16,8 @@ pub struct ConfigError {
     pub line: Option<u64>,
     pub column: Option<u64>,
     pub message: String,
+    /// Further errors found in the same load (each printed on its own line).
+    pub more: Vec<ConfigError>,
 }
 
 impl ConfigError {
@@ -25,6 +27,38 @@ impl ConfigError {
             line: None,
             column: None,
             message: message.into(),
+            more: Vec::new(),
+        }
+    }
+
+    /// The first error, with the others after it; `None` for an empty list.
+    pub fn all(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        if errors.is_empty() {
+            return None;
+        }
+        let mut first = errors.remove(0);
+        first.more.extend(errors);
+        Some(first)
+    }
+
+    /// This error and the ones found with it.
+    pub fn each(&self) -> impl Iterator<Item = &ConfigError> {
+        std::iter::once(self).chain(self.more.iter())
+    }
+
+    /// An error at a 1-based line and column of `file`, where known.
+    pub fn at_line(
+        file: &Path,
+        line: Option<u64>,
+        column: Option<u64>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.to_owned(),
+            line,
+            column,
+            message: message.into(),
+            more: Vec::new(),
         }
     }
 
@@ -35,12 +69,13 @@ impl ConfigError {
             line: (line > 0).then_some(line),
             column: (column > 0).then_some(column),
             message: message.into(),
+            more: Vec::new(),
         }
     }
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ConfigError {
+    fn fmt_one(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
         if let Some(l) = self.line {
             write!(f, ":{l}")?;
@@ -49,6 +84,17 @@ impl fmt::Display for ConfigError {
             }
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_one(f)?;
+        for e in &self.more {
+            writeln!(f)?;
+            e.fmt_one(f)?;
+        }
+        Ok(())
     }
 }
 
@@ -93,7 +139,70 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 }
 
 /// Parses routes text; errors carry the line and column.
+///
+/// After an unknown field the parse goes on without it (the entry is masked out, lines
+/// kept), so one run reports every misspelled key, each at its own place.
 pub fn parse(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
+    let first = match parse_once(path, text) {
+        Ok(file) => return Ok(file),
+        Err(e) => e,
+    };
+    let mut errors = vec![first];
+    let mut masked = text.to_owned();
+    while errors.len() < 20 {
+        let Some(last) = errors.last() else { break };
+        let (Some(line), true) = (last.line, last.message.starts_with("unknown field")) else {
+            break;
+        };
+        masked = mask_entry(&masked, line);
+        match parse_once(path, &masked) {
+            Ok(_) => break,
+            Err(e)
+                if errors
+                    .iter()
+                    .any(|x| x.line == e.line && x.column == e.column) =>
+            {
+                break;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(ConfigError::all(errors).unwrap_or_else(|| ConfigError::new(path, "cannot parse")))
+}
+
+/// `text` with the entry at 1-based `line` (the line and the more indented lines under it)
+/// blanked out; the line count stays, so later errors keep their places.
+fn mask_entry(text: &str, line: u64) -> String {
+    let Ok(line) = usize::try_from(line) else {
+        return text.to_owned();
+    };
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut out = String::with_capacity(text.len());
+    let mut base: Option<usize> = None;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        let n = i + 1;
+        let blank = if n == line {
+            base = Some(indent(l));
+            true
+        } else if let Some(b) = base {
+            let nested = l.trim().is_empty() || indent(l) > b;
+            if !nested {
+                base = None;
+            }
+            nested
+        } else {
+            false
+        };
+        if blank {
+            out.push_str(if l.ends_with('\n') { "\n" } else { "" });
+        } else {
+            out.push_str(l);
+        }
+    }
+    out
+}
+
+fn parse_once(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
     let options = serde_saphyr::options! {
         with_snippet: false,
     };
@@ -201,6 +310,35 @@ mod tests {
         insta::assert_snapshot!(err(&text), @"routes.yaml:6:5: route `ping`: a route needs exactly one of `reply`, `forward`, `signaling` or `transfer`");
         let flow = MIN.replace("  ping:\n    reply: { type: pong }", "  ping: {}");
         assert!(err(&flow).contains("route `ping`"), "{}", err(&flow));
+    }
+
+    #[test]
+    fn every_misspelled_key_is_reported_in_one_run() {
+        let text = MIN
+            .replace(
+                "  url: http://127.0.0.1:1",
+                "  url: http://127.0.0.1:1\n  comand: [x]",
+            )
+            .replace(
+                "    reply: { type: pong }",
+                "    replyy: 1\n    reply: { type: pong }",
+            )
+            .replace("version: 1", "version: 1\nlisen: x");
+        let e = parse(Path::new("routes.yaml"), &text).unwrap_err();
+        let lines: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(
+            lines[0].starts_with("routes.yaml:2:1: unknown field `lisen`"),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("routes.yaml:5:3: unknown field `comand`"),
+            "{e}"
+        );
+        assert!(
+            lines[2].starts_with("routes.yaml:8:5: unknown field `replyy`"),
+            "{e}"
+        );
     }
 
     #[test]

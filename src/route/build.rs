@@ -44,33 +44,44 @@ pub(crate) struct Shared<'a> {
 /// A route that failed to compile: its name and what is wrong (placed by the caller).
 pub(crate) type RouteError = (String, String);
 
-/// Compiles every route into the table; the first bad route is reported by name.
+/// Compiles every route into the table; every bad route is reported, by name.
 pub(crate) fn compile_routes(
     routes: &BTreeMap<String, Spanned<RouteConfig>>,
     key: RouteKey,
     shared: &Shared<'_>,
-) -> Result<RouteTable, RouteError> {
+) -> Result<RouteTable, Vec<RouteError>> {
+    let mut errors: Vec<RouteError> = Vec::new();
     // Forward specs first: transfer routes send assembled uploads through one of them.
     let mut forwards: HashMap<&str, Arc<ForwardSpec>> = HashMap::new();
     for (name, r) in routes {
         if let HandlerConfig::Forward(fwd) = &r.value.handler {
-            let spec = forward_spec(&Arc::from(name.as_str()), fwd, shared)
-                .map_err(|e| (name.clone(), e))?;
-            forwards.insert(name, Arc::new(spec));
+            match forward_spec(&Arc::from(name.as_str()), fwd, shared) {
+                Ok(spec) => {
+                    forwards.insert(name, Arc::new(spec));
+                }
+                Err(e) => errors.push((name.clone(), e)),
+            }
         }
     }
     let mut table = HashMap::new();
     let mut default = None;
     for (name, r) in routes {
-        let route =
-            build_route(name, &r.value, shared, &forwards).map_err(|e| (name.clone(), e))?;
-        if name == DEFAULT_ROUTE {
-            default = Some(route);
-        } else {
-            table.insert(name.clone().into_boxed_str(), route);
+        if errors.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        match build_route(name, &r.value, shared, &forwards) {
+            Ok(route) if name == DEFAULT_ROUTE => default = Some(route),
+            Ok(route) => {
+                table.insert(name.clone().into_boxed_str(), route);
+            }
+            Err(e) => errors.push((name.clone(), e)),
         }
     }
-    Ok(RouteTable::new(table, default, key))
+    if errors.is_empty() {
+        Ok(RouteTable::new(table, default, key))
+    } else {
+        Err(errors)
+    }
 }
 
 /// Builds one route's stack, innermost first.

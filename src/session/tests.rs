@@ -62,10 +62,14 @@ impl Client {
             .expect("the session is still open")
     }
 
+    /// The next text message (keepalive pings of the shipped routes are skipped).
     async fn json(&mut self) -> Value {
-        match self.next().await {
-            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
-            other => panic!("expected a text frame, got {other:?}"),
+        loop {
+            match self.next().await {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Ping(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         }
     }
 }

@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 use serde_json::Value;
 use tower::{Layer, Service};
 
+pub mod lint;
+
 use crate::envelope::{Answer, ProtocolError, Reply, Request, refuse};
 use crate::guard::Check;
 
@@ -26,17 +28,94 @@ impl std::fmt::Debug for CompiledSchema {
     }
 }
 
+/// Why a schema file was refused, placed in that file where the place is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaError {
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    pub message: String,
+}
+
+impl std::fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "line {l}, column {c}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl SchemaError {
+    fn new(message: String) -> Self {
+        Self {
+            line: None,
+            column: None,
+            message,
+        }
+    }
+}
+
+impl From<SchemaError> for String {
+    fn from(e: SchemaError) -> String {
+        e.to_string()
+    }
+}
+
+/// The 1-based line and column of the first `"key":` in `text`.
+fn key_position(text: &str, key: &str) -> Option<(u64, u64)> {
+    let needle = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(i) = text.get(from..)?.find(&needle) {
+        let at = from + i;
+        let after = text.get(at + needle.len()..)?.trim_start();
+        if after.starts_with(':') {
+            let before = text.get(..at)?;
+            let line = before.matches('\n').count() as u64 + 1;
+            let column = (at - before.rfind('\n').map_or(0, |n| n + 1)) as u64 + 1;
+            return Some((line, column));
+        }
+        from = at + needle.len();
+    }
+    None
+}
+
 impl CompiledSchema {
-    /// Reads and compiles one schema file.
-    pub fn load(file: &Path) -> Result<CompiledSchema, String> {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read: {e}"))?;
-        let source: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("not JSON: {e} (line {}, column {})", e.line(), e.column()))?;
+    /// Reads, lints and compiles one schema file.
+    pub fn load(file: &Path) -> Result<CompiledSchema, SchemaError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| SchemaError::new(format!("cannot read: {e}")))?;
+        let source: Value = serde_json::from_str(&text).map_err(|e| {
+            let msg = e.to_string();
+            // serde_json appends " at line L column C"; the place is reported once, up front.
+            let msg = match msg.rfind(" at line ") {
+                Some(i) => msg.get(..i).unwrap_or(&msg).to_owned(),
+                None => msg,
+            };
+            SchemaError {
+                line: Some(e.line() as u64),
+                column: Some(e.column().max(1) as u64),
+                message: format!("not JSON: {msg}"),
+            }
+        })?;
+        if let Some(u) = lint::unknown_keywords(&source).into_iter().next() {
+            let hint = lint::suggestion(&u.keyword)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            let (line, column) = key_position(&text, &u.keyword).unzip();
+            return Err(SchemaError {
+                line,
+                column,
+                message: format!(
+                    "unknown JSON Schema keyword `{}` at {}{hint}; it would be ignored (prefix your own annotations with `x-`)",
+                    u.keyword, u.pointer
+                ),
+            });
+        }
         let validator = jsonschema::validator_for(&source).map_err(|e| {
-            format!(
+            SchemaError::new(format!(
                 "not a valid JSON Schema: {e} (at {})",
                 pointer_or_root(&e.schema_path().to_string())
-            )
+            ))
         })?;
         Ok(CompiledSchema {
             file: file.to_owned(),
