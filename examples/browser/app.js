@@ -4,8 +4,11 @@
 // Query parameters:
 //   ?ws=ws://host:port/ws   router WebSocket (default: this page's host, path /ws)
 //   ?token=...              sent as fal_jwt_token
-//   ?pipeline=passthrough   pipeline loaded before streaming if none is (default passthrough)
+//   ?pipeline=passthrough   pipeline loaded before streaming if none is (default passthrough); the offer names
+//                           the loaded one in initialParameters.pipeline_ids, as the Scope frontend does
 //   ?ice=none               ignore the backend's ICE servers (host candidates only; for local tests)
+//   ?frame_timeout=10       seconds the connected stream may go without a first video frame before the
+//                           page says so (default 10)
 
 import { ScopeClient, Status, sha256Hex } from "./scope-client.js";
 
@@ -14,6 +17,7 @@ const wsUrl = params.get("ws") || defaultWsUrl();
 const token = params.get("token") || null;
 const pipelineId = params.get("pipeline") || "passthrough";
 const useBackendIce = params.get("ice") !== "none";
+const frameTimeoutS = positiveNumber(params.get("frame_timeout"), 10);
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -34,6 +38,8 @@ const ui = {
 
 const MAX_LOG_LINES = 500;
 const PIPELINE_LOAD_TIMEOUT_MS = 120_000;
+/** How often the first-frame watch polls the video element and the inbound RTP stats. */
+const FRAME_POLL_MS = 500;
 
 /** The current stream, if any. */
 let stream = null;
@@ -71,6 +77,14 @@ window.scopeDemo = {
   get sessionId() {
     return stream?.sessionId ?? null;
   },
+  /** The current stream's offer `initialParameters` (with `pipeline_ids`), or null. */
+  get initialParameters() {
+    return stream?.initialParameters ?? null;
+  },
+  /** How the current stream's first video frame was noticed ("requestVideoFrameCallback", …), or null. */
+  get firstFrame() {
+    return stream?.firstFrame ?? null;
+  },
   inboundVideoStats,
 };
 
@@ -94,14 +108,23 @@ client.connect().catch((e) => showError(`${e.message ?? e}`));
 async function startStream() {
   showError("");
   if (stream) return;
-  const s = { pc: null, media: null, sessionId: null, queued: [], stopped: false };
+  const s = {
+    pc: null,
+    media: null,
+    sessionId: null,
+    queued: [],
+    stopped: false,
+    initialParameters: null,
+    firstFrame: null,
+    watch: null,
+  };
   stream = s;
   updateButtons();
   setBadge(ui.pcStatus, "loading");
 
   await client.connect();
-  await ensurePipelineLoaded(s);
-  if (s.stopped) return;
+  const pipeline = await ensurePipelineLoaded(s);
+  if (s.stopped || !pipeline) return;
 
   ui.info.textContent = "Opening the camera…";
   s.media = await navigator.mediaDevices.getUserMedia({
@@ -121,9 +144,18 @@ async function startStream() {
     ui.remote.srcObject = event.streams[0] ?? new MediaStream([event.track]);
   };
   pc.onconnectionstatechange = () => {
-    setBadge(ui.pcStatus, pc.connectionState);
-    if (pc.connectionState === "connected") ui.info.textContent = `Streaming (session ${s.sessionId})`;
-    if (pc.connectionState === "failed") showError("WebRTC connection failed (ICE or DTLS). Check the backend's ICE servers.");
+    if (s.stopped) return;
+    const state = pc.connectionState;
+    // Once the wait for a first frame has timed out, the badge keeps saying so while connected.
+    if (!(state === "connected" && s.watch?.timedOut)) setBadge(ui.pcStatus, state);
+    if (state === "connected") {
+      // Connected is not streaming: real Scope connects even when its pipeline never starts.
+      if (s.firstFrame) ui.info.textContent = `Streaming (session ${s.sessionId})`;
+      else if (!s.watch?.timedOut) ui.info.textContent = `Connected (session ${s.sessionId}); waiting for the first video frame…`;
+      watchForFirstFrame(s);
+    }
+    if (state === "failed" || state === "closed") stopWatching(s);
+    if (state === "failed") showError("WebRTC connection failed (ICE or DTLS). Check the backend's ICE servers.");
   };
   // Candidates found before the answer wait until the session id is known.
   pc.onicecandidate = (event) => {
@@ -135,7 +167,16 @@ async function startStream() {
   ui.info.textContent = "Negotiating…";
   setBadge(ui.pcStatus, "new");
   await pc.setLocalDescription(await pc.createOffer());
-  const answer = await client.sendOffer(pc.localDescription.sdp, "offer");
+  // What the Scope frontend sends for a camera stream (StreamPage.tsx): the input mode, the pipeline
+  // chain to run, and the loaded chain's media. Real Scope runs only the pipelines named here: without
+  // pipeline_ids it answers, connects, and never sends a frame ("No pipeline IDs provided, cannot start").
+  s.initialParameters = {
+    input_mode: "video",
+    pipeline_ids: pipeline.pipelineIds,
+    produces_video: pipeline.status?.produces_video ?? true,
+    produces_audio: pipeline.status?.produces_audio ?? false,
+  };
+  const answer = await client.sendOffer(pc.localDescription.sdp, "offer", s.initialParameters);
   if (s.stopped) return;
   s.sessionId = answer.sessionId;
   await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
@@ -149,23 +190,100 @@ function sendCandidate(s, candidate) {
   });
 }
 
-/** Real Scope refuses offers until a pipeline is loaded; load one and wait for it. */
+/**
+ * Real Scope refuses offers until a pipeline is loaded, and then runs only the pipelines the offer
+ * names: use the one that is loaded (or being loaded), else load ours and wait for it. Resolves with
+ * `{ pipelineIds, status }` for the offer, or null when the stream was stopped meanwhile.
+ */
 async function ensurePipelineLoaded(s) {
-  let status = await client.api("GET", "/api/v1/pipeline/status");
-  if (status?.status === "loaded") return;
-  if (status?.status !== "loading") {
+  const status = await client.pipelineStatus();
+  const wait = {
+    timeoutMs: PIPELINE_LOAD_TIMEOUT_MS,
+    isCancelled: () => s.stopped,
+    onStatus: (st) => {
+      const stage = st?.loading_stage ? `: ${st.loading_stage}` : "";
+      ui.info.textContent = `Loading pipeline ${st?.pipeline_id ?? pipelineId} (${st?.status ?? "unknown"}${stage})…`;
+    },
+  };
+  let loaded;
+  if (status?.status === "loaded") {
+    loaded = status;
+  } else if (status?.status === "loading") {
+    ui.info.textContent = "Waiting for the pipeline the backend is loading…";
+    loaded = await client.waitForPipeline(wait);
+  } else {
+    // "not_loaded", or an "error" left by an earlier load (reported once): load ours.
     ui.info.textContent = `Loading pipeline ${pipelineId}…`;
-    await client.api("POST", "/api/v1/pipeline/load", { pipeline_ids: [pipelineId] });
+    loaded = await client.loadPipeline([pipelineId], wait);
   }
-  const deadline = Date.now() + PIPELINE_LOAD_TIMEOUT_MS;
-  for (;;) {
-    status = await client.api("GET", "/api/v1/pipeline/status");
-    if (status?.status === "loaded" || s.stopped) return;
-    if (status?.status === "error") throw new Error(`Pipeline ${pipelineId} failed to load`);
-    if (Date.now() > deadline) throw new Error(`Pipeline ${pipelineId} did not load in time`);
-    ui.info.textContent = `Loading pipeline ${pipelineId} (${status?.status ?? "unknown"})…`;
-    await new Promise((r) => setTimeout(r, 1000));
+  if (!loaded || s.stopped) return null;
+  const pipelineIds =
+    client.pipelineIds ?? (typeof loaded.pipeline_id === "string" ? [loaded.pipeline_id] : [pipelineId]);
+  if (!pipelineIds.includes(pipelineId)) {
+    console.info(`scope-router example: streaming through the loaded pipeline ${pipelineIds.join(" → ")}, not ${pipelineId}`);
   }
+  return { pipelineIds, status: loaded };
+}
+
+/**
+ * Watches the received video for its first frame once the connection is up: a frame presented
+ * (requestVideoFrameCallback), the element having decoded data or its time moving, or the inbound
+ * RTP stats counting decoded frames, whichever comes first. If none comes within `frameTimeoutS`,
+ * the page says so (a connected stream that never shows a frame means the backend's pipeline did
+ * not start); a frame that comes later still clears the error.
+ */
+function watchForFirstFrame(s) {
+  if (s.watch || s.firstFrame || s.stopped) return;
+  const video = ui.remote;
+  const w = { timer: null, poll: null, rvfc: null, off: [], timedOut: false };
+  s.watch = w;
+  const seen = (how) => {
+    if (s.stopped || stream !== s || s.firstFrame) return;
+    s.firstFrame = how;
+    stopWatching(s);
+    if (w.timedOut) showError("");
+    setBadge(ui.pcStatus, s.pc?.connectionState ?? "connected");
+    ui.info.textContent = `Streaming (session ${s.sessionId})`;
+  };
+  if (typeof video.requestVideoFrameCallback === "function") {
+    w.rvfc = video.requestVideoFrameCallback(() => seen("requestVideoFrameCallback"));
+  }
+  const startTime = video.currentTime;
+  const onMedia = () => {
+    if (video.videoWidth > 0 && video.readyState >= HTMLMediaElement.HAVE_CURRENT_DATA) seen("loadeddata");
+  };
+  for (const name of ["loadeddata", "resize", "timeupdate"]) {
+    video.addEventListener(name, onMedia);
+    w.off.push(() => video.removeEventListener(name, onMedia));
+  }
+  w.poll = setInterval(async () => {
+    if (video.videoWidth > 0 && video.currentTime > startTime) return seen("currentTime");
+    const stats = await inboundVideoStats(s.pc).catch(() => null);
+    if (stats?.framesDecoded > 0) seen("getStats");
+  }, FRAME_POLL_MS);
+  w.timer = setTimeout(() => {
+    w.timer = null;
+    if (s.stopped || stream !== s || s.firstFrame) return;
+    w.timedOut = true;
+    setBadge(ui.pcStatus, "no-frames");
+    showError(`Connected, but no video frames arrived within ${frameTimeoutS} s — is a pipeline loaded? see the server log`);
+    ui.info.textContent = `Connected (session ${s.sessionId}), but no video; still waiting for a frame…`;
+  }, frameTimeoutS * 1000);
+  onMedia();
+}
+
+function stopWatching(s) {
+  const w = s?.watch;
+  if (!w) return;
+  clearTimeout(w.timer);
+  clearInterval(w.poll);
+  w.timer = null;
+  w.poll = null;
+  if (w.rvfc !== null && typeof ui.remote.cancelVideoFrameCallback === "function") {
+    ui.remote.cancelVideoFrameCallback(w.rvfc);
+  }
+  w.rvfc = null;
+  for (const off of w.off.splice(0)) off();
 }
 
 function stopStream(message = null) {
@@ -173,6 +291,7 @@ function stopStream(message = null) {
   stream = null;
   if (s) {
     s.stopped = true;
+    stopWatching(s);
     s.pc?.close();
     releaseMedia(s);
   }
@@ -188,9 +307,8 @@ function releaseMedia(s) {
   for (const t of s.media?.getTracks() ?? []) t.stop();
 }
 
-/** The inbound video RTP stats of the current stream (framesDecoded, frameWidth, …), or null. */
-async function inboundVideoStats() {
-  const pc = stream?.pc;
+/** The inbound video RTP stats of `pc` (default: the current stream's) (framesDecoded, frameWidth, …), or null. */
+async function inboundVideoStats(pc = stream?.pc) {
   if (!pc) return null;
   const report = await pc.getStats();
   for (const s of report.values()) {
@@ -259,6 +377,11 @@ function appendLogs(lines) {
   const all = (ui.logs.textContent ? ui.logs.textContent.split("\n") : []).concat(lines);
   ui.logs.textContent = all.slice(-MAX_LOG_LINES).join("\n");
   if (atBottom) ui.logs.scrollTop = ui.logs.scrollHeight;
+}
+
+function positiveNumber(text, fallback) {
+  const n = Number(text);
+  return text !== null && Number.isFinite(n) && n > 0 ? n : fallback;
 }
 
 function defaultWsUrl() {

@@ -6,7 +6,9 @@
 //   await client.connect();                          // resolves after {"type":"ready"}
 //   const status = await client.api("GET", "/api/v1/pipeline/status");
 //   const { iceServers } = await client.getIceServers();
-//   const answer = await client.sendOffer(pc.localDescription.sdp, "offer", {});
+//   await client.loadPipeline(["passthrough"]);       // POST /api/v1/pipeline/load, then polls until "loaded"
+//   const answer = await client.sendOffer(pc.localDescription.sdp, "offer", { input_mode: "video" });
+//                                                     // → initialParameters gets pipeline_ids: ["passthrough"]
 //   await client.sendIceCandidate(answer.sessionId, event.candidate);
 //   const reply = await client.uploadFile("/api/v1/assets?filename=clip.mp4", file, { onProgress });
 //   const blob = await client.downloadFile("/api/v1/recordings/abc", { onProgress });
@@ -18,6 +20,14 @@
 // `chunkedUploadOver` bytes go as upload_start → chunks (binary frames, or base64 JSON) →
 // upload_finish, and resume by themselves when the socket drops and comes back; downloads ask for
 // `_chunked` replies and acknowledge each chunk. Both check the whole file's sha256.
+//
+// Offers and pipelines: real Scope answers an offer only while a pipeline is loaded, and its frame
+// processor runs only the pipelines named in the offer's `initialParameters.pipeline_ids` (without
+// them the offer is still answered and ICE/DTLS connect, but no frame ever comes back; the server
+// logs "No pipeline IDs provided, cannot start"). The Scope frontend always sends them, so this
+// client does too: `sendOffer()` adds the pipelines it knows are loaded (from `loadPipeline()`, a
+// `POST /api/v1/pipeline/load` or a "loaded" `GET /api/v1/pipeline/status` made through `api()`)
+// unless the caller's `initialParameters` already name some. See docs/scope-server-checks.md.
 
 /** Connection states, in the order a healthy connection goes through them. */
 export const Status = Object.freeze({
@@ -37,6 +47,9 @@ const FATAL_CLOSE_CODES = new Set([4003]);
 export const DISCONNECTED = "DISCONNECTED";
 /** Error codes of binary upload chunks; those replies carry no request_id (they answer in order). */
 const CHUNK_ERROR_CODES = /^(UPLOAD_|BINARY_NOT_SUPPORTED$|TRANSFER_INVALID$)/;
+const PIPELINE_STATUS_PATH = "/api/v1/pipeline/status";
+const PIPELINE_LOAD_PATH = "/api/v1/pipeline/load";
+
 /** Binary frame kinds: upload chunk ('U') and download chunk ('D'), each followed by a 32-character id and a big-endian u32 seq. */
 const FRAME_UPLOAD = 0x55;
 const FRAME_DOWNLOAD = 0x44;
@@ -68,6 +81,7 @@ const DEFAULTS = {
   onLogs: null, // (lines: string[]) => void, for {"type":"logs"}
   onStatus: null, // ({status, connectionId, attempt, error}) => void
   onError: null, // (message) => void, for errors that answer no request
+  autoPipelineIds: true, // sendOffer() adds the loaded pipelines as initialParameters.pipeline_ids
   WebSocket: globalThis.WebSocket,
 };
 
@@ -84,6 +98,13 @@ export class ScopeClient extends EventTarget {
     this.connectionId = null;
     /** The session of the latest answered offer (the router's default for ICE candidates). */
     this.sessionId = null;
+    /**
+     * The pipelines (instance ids, as `pipeline_ids` in offers wants them) this client knows the
+     * backend loaded or is loading, or null. Kept across reconnects: the backend keeps its pipeline.
+     */
+    this.pipelineIds = null;
+    /** The `initialParameters` of the latest offer sent (null when it carried none). */
+    this.lastOfferParameters = null;
     this._ws = null;
     this._pending = new Map(); // request_id -> {resolve, reject, timer}
     this._seq = 0;
@@ -176,6 +197,7 @@ export class ScopeClient extends EventTarget {
   async api(method, path, body = null, { timeoutMs } = {}) {
     const reply = await this.request({ type: "api", method, path, body }, { timeoutMs });
     throwIfFailed(method, path, reply);
+    this._observePipeline(method, path, body, reply.data);
     if (typeof reply._base64_content === "string") {
       return base64ToBlob(reply._base64_content, reply._content_type);
     }
@@ -398,15 +420,135 @@ export class ScopeClient extends EventTarget {
     return reply.data;
   }
 
-  /** Relays an SDP offer; resolves with `{ sdp, type, sessionId }` and remembers the session. */
-  async sendOffer(sdp, type = "offer", initialParameters = undefined, { timeoutMs } = {}) {
+  /**
+   * Relays an SDP offer; resolves with `{ sdp, type, sessionId }` and remembers the session.
+   * `initialParameters` go through `offerParameters()`, so they name the loaded pipelines
+   * (`pipeline_ids`) as real Scope needs; `pipelineIds` overrides the ones this client knows.
+   */
+  async sendOffer(sdp, type = "offer", initialParameters = undefined, { timeoutMs, pipelineIds } = {}) {
     const message = { type: "offer", sdp, sdp_type: type };
-    if (initialParameters !== undefined && initialParameters !== null) {
-      message.initialParameters = initialParameters;
+    const params = this.offerParameters(initialParameters, pipelineIds);
+    if (params !== undefined && params !== null) {
+      message.initialParameters = params;
     }
+    this.lastOfferParameters = params ?? null;
     const reply = await this.request(message, { timeoutMs });
     this.sessionId = reply.sessionId;
     return { sdp: reply.sdp, type: reply.sdp_type, sessionId: reply.sessionId };
+  }
+
+  /**
+   * `initialParameters` as an offer should carry them, the way the Scope frontend builds them:
+   * when they name no pipelines (`pipeline_ids` missing or empty), a copy with `pipeline_ids` set
+   * to `pipelineIds`, else to the pipelines this client knows are loaded (`this.pipelineIds`,
+   * unless the `autoPipelineIds` option is off). Returned unchanged when no pipeline is known.
+   */
+  offerParameters(initialParameters = undefined, pipelineIds = undefined) {
+    const given =
+      initialParameters && typeof initialParameters === "object" && !Array.isArray(initialParameters)
+        ? initialParameters
+        : null;
+    if (given && Array.isArray(given.pipeline_ids) && given.pipeline_ids.length > 0) return given;
+    if (initialParameters != null && !given) return initialParameters; // not an object: the server says what is wrong
+    const ids = pipelineIdList(pipelineIds) ?? (this.options.autoPipelineIds ? this.pipelineIds : null);
+    if (!ids) return initialParameters;
+    return { ...(given ?? {}), pipeline_ids: [...ids] };
+  }
+
+  /** The backend's `GET /api/v1/pipeline/status`: `{ status, pipeline_id, load_params, … }`. */
+  async pipelineStatus({ timeoutMs } = {}) {
+    return this.api("GET", PIPELINE_STATUS_PATH, null, { timeoutMs });
+  }
+
+  /**
+   * Loads `pipelineIds` (a pipeline id or an array of them: a chain) with `POST
+   * /api/v1/pipeline/load` and waits until the backend reports them loaded; resolves with that
+   * status and remembers the ids for offers. The backend only starts the load (its answer comes
+   * first), so this polls `GET /api/v1/pipeline/status` like the Scope frontend does: through
+   * "not_loaded" (the load not begun yet) and "loading" to "loaded"; "error" rejects (code
+   * PIPELINE_LOAD_FAILED). Options: see `waitForPipeline()`, plus `loadParams`.
+   */
+  async loadPipeline(pipelineIds, { loadParams = null, ...wait } = {}) {
+    const ids = pipelineIdList(pipelineIds);
+    if (!ids) throw new TypeError("loadPipeline() takes a pipeline id or a non-empty array of them");
+    const body = { pipeline_ids: ids };
+    if (loadParams) body.load_params = loadParams;
+    await this.api("POST", PIPELINE_LOAD_PATH, body, { timeoutMs: wait.requestTimeoutMs });
+    return this.waitForPipeline({ ...wait, expect: ids, loadParams });
+  }
+
+  /**
+   * Polls `GET /api/v1/pipeline/status` until a pipeline is loaded (one of `expect`, when given)
+   * and resolves with that status; resolves with null when `isCancelled()` turns true. Rejects when
+   * the status is "error" (code PIPELINE_LOAD_FAILED; the server log says why: the status's `error`
+   * is always null), when nothing is loading any more (the backend reports "error" only once, to
+   * whoever asks first), and after `timeoutMs`.
+   *
+   * Options: `expect` (pipeline ids), `timeoutMs` (120 s), `pollIntervalMs` (1 s), `notLoadedGraceMs`
+   * (how long "not_loaded" may last before the load has visibly started; 15 s), `onStatus(status)`,
+   * `isCancelled()`, `requestTimeoutMs` (per status request).
+   */
+  async waitForPipeline({
+    expect = null,
+    loadParams = null,
+    timeoutMs = 120_000,
+    pollIntervalMs = 1000,
+    notLoadedGraceMs = 15_000,
+    onStatus = null,
+    isCancelled = null,
+    requestTimeoutMs,
+  } = {}) {
+    const ids = pipelineIdList(expect);
+    const label = ids ? ids.join(" → ") : "(any)";
+    const started = Date.now();
+    let sawLoading = false;
+    for (;;) {
+      const status = await this.pipelineStatus({ timeoutMs: requestTimeoutMs });
+      if (isCancelled?.()) return null;
+      callSafely(onStatus, status);
+      const state = status?.status;
+      const id = typeof status?.pipeline_id === "string" ? status.pipeline_id : null;
+      if (state === "loaded" && (!ids || id === null || ids.includes(id)) && sameLoadParams(status, loadParams)) {
+        this.pipelineIds = ids ?? (id ? [id] : this.pipelineIds);
+        return status;
+      }
+      if (state === "error") {
+        this.pipelineIds = null; // a failed load also unloads what was loaded before it
+        throw new ScopeError(`Pipeline ${label} failed to load (the server log says why)`, {
+          reply: status,
+          code: "PIPELINE_LOAD_FAILED",
+        });
+      }
+      if (state === "loading") sawLoading = true;
+      if (state === "not_loaded" && (sawLoading || Date.now() - started > notLoadedGraceMs)) {
+        this.pipelineIds = null;
+        throw new ScopeError(`Pipeline ${label} is neither loaded nor loading: the load failed or was replaced (see the server log)`, {
+          reply: status,
+          code: "PIPELINE_LOAD_FAILED",
+        });
+      }
+      if (Date.now() - started > timeoutMs) {
+        throw new ScopeError(`Pipeline ${label} did not load within ${Math.round(timeoutMs / 1000)} s (status ${state ?? "unknown"})`, {
+          reply: status,
+          code: "PIPELINE_LOAD_TIMEOUT",
+        });
+      }
+      await new Promise((r) => setTimeout(r, pollIntervalMs));
+      if (isCancelled?.()) return null;
+    }
+  }
+
+  /** Learns which pipelines are loaded from the pipeline calls made through `api()`. */
+  _observePipeline(method, path, body, data) {
+    const route = String(path).split("?")[0];
+    const verb = String(method).toUpperCase();
+    if (verb === "POST" && route === PIPELINE_LOAD_PATH) {
+      const ids = pipelineIdsOfLoad(body);
+      if (ids) this.pipelineIds = ids;
+    } else if (verb === "GET" && route === PIPELINE_STATUS_PATH && data?.status === "loaded") {
+      const id = data.pipeline_id;
+      if (typeof id === "string" && id && !this.pipelineIds?.includes(id)) this.pipelineIds = [id];
+    }
   }
 
   /**
@@ -908,6 +1050,40 @@ function candidateJson(candidate) {
     sdpMid: c.sdpMid ?? null,
     sdpMLineIndex: c.sdpMLineIndex ?? null,
   };
+}
+
+/** A pipeline id or an array of them as a non-empty array of strings, or null. */
+function pipelineIdList(ids) {
+  const list = typeof ids === "string" ? [ids] : Array.isArray(ids) ? ids : null;
+  if (!list || list.length === 0 || !list.every((id) => typeof id === "string" && id)) return null;
+  return [...list];
+}
+
+/** The instance ids a `POST /api/v1/pipeline/load` body asks for: `pipelines[].node_id`, else `pipeline_ids`. */
+function pipelineIdsOfLoad(body) {
+  if (!body || typeof body !== "object") return null;
+  if (Array.isArray(body.pipelines) && body.pipelines.length > 0) {
+    return pipelineIdList(body.pipelines.map((p) => p?.node_id));
+  }
+  return pipelineIdList(body.pipeline_ids);
+}
+
+/** True when no load params were asked for, or the status reports the same ones. */
+function sameLoadParams(status, loadParams) {
+  if (!loadParams) return true;
+  return canonicalJson(status?.load_params ?? {}) === canonicalJson(loadParams);
+}
+
+/** JSON with object keys sorted at every level, for comparing values. */
+function canonicalJson(v) {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (v && typeof v === "object") {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson(v[k])}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(v ?? null);
 }
 
 function stringify(v) {
