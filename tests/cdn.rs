@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A tiny file server: answers every request with `body`, and counts connections.
@@ -36,17 +35,14 @@ async fn file_server(body: Vec<u8>) -> (u16, Arc<AtomicUsize>) {
     (port, hits)
 }
 
-fn routes_with_cdn(dir: &std::path::Path, allow: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(repo().join("routes.yaml"))
-        .unwrap()
-        .replace("schemas: schemas", &format!("schemas: {}", repo().join("schemas").display()))
-        .replace(
-            "      base64_uploads: true\n",
-            &format!("      base64_uploads: true\n      cdn_uploads: {{ allow_hosts: [\"{allow}\"], allow_http: true, max_bytes: 1048576, timeout: 5s }}\n"),
-        );
-    let p = dir.join("routes.yaml");
-    std::fs::write(&p, text).unwrap();
-    p
+/// The default routes with uploads by URL allowed from `allow` only.
+fn routes_with_cdn(allow: &str) -> TempRoutes {
+    default_routes_with(&[(
+        "      base64_uploads: true\n",
+        &format!(
+            "      base64_uploads: true\n      cdn_uploads: {{ allow_hosts: [\"{allow}\"], allow_http: true, max_bytes: 1048576, timeout: 5s }}\n"
+        ),
+    )])
 }
 
 fn upload(url: String) -> serde_json::Value {
@@ -57,17 +53,16 @@ fn upload(url: String) -> serde_json::Value {
 async fn an_allowed_host_is_fetched_and_uploaded() {
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     let (port, hits) = file_server(body.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let routes = routes_with_cdn(dir.path(), &format!("127.0.0.1:{port}"));
+    let routes = routes_with_cdn(&format!("127.0.0.1:{port}"));
     let m = mock(&[]);
-    let r = router(&routes, &m.http(), &[]);
+    let r = router(&routes.path, &m.http(), &[]);
     let mut ws = Ws::connect(&r.ws_url()).await;
     let v = ws
         .call("u1", upload(format!("http://127.0.0.1:{port}/clip.mp4")))
         .await;
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["data"]["size_bytes"], body.len());
-    assert_eq!(v["data"]["sha256"], hex(&Sha256::digest(&body)));
+    assert_eq!(v["data"]["sha256"], sha256_hex(&body));
     assert_eq!(v["data"]["content_type"], "video/mp4");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
@@ -76,10 +71,9 @@ async fn an_allowed_host_is_fetched_and_uploaded() {
 async fn other_hosts_and_tricks_are_refused_without_a_fetch() {
     let (allowed_port, _) = file_server(b"ok".to_vec()).await;
     let (other_port, other_hits) = file_server(b"secret".to_vec()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let routes = routes_with_cdn(dir.path(), &format!("127.0.0.1:{allowed_port}"));
+    let routes = routes_with_cdn(&format!("127.0.0.1:{allowed_port}"));
     let m = mock(&[]);
-    let r = router(&routes, &m.http(), &[]);
+    let r = router(&routes.path, &m.http(), &[]);
     let mut ws = Ws::connect(&r.ws_url()).await;
     let before = mock_stats(&m).await["total"].as_u64().unwrap();
     for (i, url) in [
@@ -123,8 +117,4 @@ async fn uploads_by_url_are_off_by_default() {
     assert_eq!(v["status"], 403, "{v}");
     assert!(v["error"].as_str().unwrap().contains("not enabled"), "{v}");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

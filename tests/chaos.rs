@@ -111,21 +111,11 @@ async fn client(url: String, n: usize, stop: Arc<AtomicBool>, tally: Arc<Tally>)
     sent
 }
 
-async fn readyz(r: &Proc) -> (u16, Value) {
-    get_json(&format!("{}/readyz", r.http())).await
-}
-
-fn pid_of(readyz: &Value) -> Option<i32> {
-    readyz["backend"]["supervisor"]["pid"]
-        .as_i64()
-        .map(|p| p as i32)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_sigkilled_20_times_under_load_every_request_gets_one_reply() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut r = router_supervising(&chaos_routes(dir.path(), port));
+    let mut r = router_supervising(&chaos_routes(dir.path(), port), &[]);
     wait_backend_ready(&r).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -139,7 +129,7 @@ async fn backend_sigkilled_20_times_under_load_every_request_gets_one_reply() {
         // Healthy again, with a process we have not killed yet.
         let pid = eventually("the backend is healthy with a new pid", || async {
             let (code, body) = readyz(&r).await;
-            let pid = pid_of(&body)?;
+            let pid = backend_pid(&body)?;
             (code == 200 && !killed.contains(&pid)).then_some(pid)
         })
         .await;
@@ -162,7 +152,7 @@ async fn backend_sigkilled_20_times_under_load_every_request_gets_one_reply() {
     // The last restart is routed too.
     eventually("the backend is healthy after the last kill", || async {
         let (code, body) = readyz(&r).await;
-        let pid = pid_of(&body)?;
+        let pid = backend_pid(&body)?;
         (code == 200 && !killed.contains(&pid)).then_some(())
     })
     .await;

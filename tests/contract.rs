@@ -7,25 +7,11 @@ use common::*;
 use scope_router::contract::{self, Expect};
 use scope_router::snapshot::Snapshot;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn table(routes: &Path) -> Snapshot {
     scope_router::snapshot::offline(routes).unwrap()
-}
-
-/// A copy of the default routes in a tempdir, with `edit` applied and the schema path made absolute.
-fn edited_routes(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
-    let text = text.replace(
-        "schemas: schemas",
-        &format!("schemas: {}", repo().join("schemas").display()),
-    );
-    let edited = edit(text.clone());
-    assert_ne!(edited, text, "the edit changed nothing");
-    let p = dir.join("routes.yaml");
-    std::fs::write(&p, edited).unwrap();
-    p
 }
 
 /// Runs every case one by one on one connection, checking that refused ones never reach the backend.
@@ -91,14 +77,11 @@ async fn every_example_of_the_default_routes_keeps_the_contract() {
 
 #[tokio::test]
 async fn a_field_removed_from_a_reply_template_breaks_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let routes = edited_routes(dir.path(), |t| {
-        t.replace(
-            "reply: { type: ice_servers, data: \"${response.json}\", status: \"${response.status}\" }",
-            "reply: { type: ice_servers, data: \"${response.json}\" }",
-        )
-    });
-    let results = run_all(&routes).await;
+    let routes = default_routes_with(&[(
+        "reply: { type: ice_servers, data: \"${response.json}\", status: \"${response.status}\" }",
+        "reply: { type: ice_servers, data: \"${response.json}\" }",
+    )]);
+    let results = run_all(&routes.path).await;
     let broken: Vec<_> = results.iter().filter(|(_, f)| f.is_some()).collect();
     assert!(!broken.is_empty(), "removing `status` must fail a case");
     assert!(
@@ -207,12 +190,9 @@ async fn check_passes_against_the_local_router_and_fails_against_a_broken_one() 
     assert!(out.contains("skipped"), "{out}");
 
     // A router whose pong lost its type breaks the contract that `routes` describes.
-    let dir = tempfile::tempdir().unwrap();
-    let broken = edited_routes(dir.path(), |t| {
-        t.replace("reply: { type: pong }", "reply: { type: pong_v2 }")
-    });
+    let broken = default_routes_with(&[("reply: { type: pong }", "reply: { type: pong_v2 }")]);
     let m2 = mock(&[]);
-    let r2 = router(&broken, &m2.http(), &[]);
+    let r2 = router(&broken.path, &m2.http(), &[]);
     let url2 = r2.ws_url();
     let (ok, out) =
         tokio::task::spawn_blocking(move || check_cmd(&url2, &routes, &["--only", "ping"]))
@@ -314,13 +294,12 @@ fn every_schema_accepts_its_examples_and_refuses_its_invalid_ones() {
 
 #[tokio::test]
 async fn validate_replies_warn_logs_a_broken_reply() {
-    let dir = tempfile::tempdir().unwrap();
-    let routes = edited_routes(dir.path(), |t| {
-        t.replace("reply: { type: pong }", "reply: { type: pong_v2 }")
-            .replace("version: 1\n", "version: 1\nvalidate_replies: warn\n")
-    });
+    let routes = default_routes_with(&[
+        ("reply: { type: pong }", "reply: { type: pong_v2 }"),
+        ("version: 1\n", "version: 1\nvalidate_replies: warn\n"),
+    ]);
     let m = mock(&[]);
-    let r = router(&routes, &m.http(), &[]);
+    let r = router(&routes.path, &m.http(), &[]);
     let mut ws = Ws::connect(&r.ws_url()).await;
     let v = ws.call("p", json!({"type": "ping"})).await;
     assert_eq!(v["type"], "pong_v2");

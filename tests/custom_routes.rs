@@ -1,6 +1,5 @@
-//! Routes added in YAML alone (no code change) are served: local replies, forwards, `$default`, and
+//! Routes added in YAML alone (no code change) are served: local replies, forwards, `$default`, routing on a JSON pointer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
-//! routing on a JSON pointer.
 
 mod common;
 

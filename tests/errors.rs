@@ -8,20 +8,6 @@ use futures_util::SinkExt as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-fn api(method: &str, path: &str) -> Value {
-    json!({"type": "api", "method": method, "path": path})
-}
-
-fn candidate() -> Value {
-    json!({"candidate": "candidate:1 1 UDP 2122252543 192.0.2.10 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0})
-}
-
-fn error_text(v: &Value) -> &str {
-    v["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error text in {v}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Malformed frames
 
@@ -733,8 +719,7 @@ async fn backend_dying_mid_request_is_a_500_with_error() {
         (!mock_recent(&m, "GET", "/api/v1/mock/slow").await.is_empty()).then_some(())
     })
     .await;
-    let (code, _) = http(&format!("{}/_mock/exit", m.http()), "POST", None).await;
-    assert_eq!(code, 200);
+    mock_exit(&m).await;
     let v = ws.reply_to("cut").await;
     assert_eq!(v["type"], "api_response", "{v}");
     assert_eq!(v["status"], 500, "{v}");

@@ -70,16 +70,8 @@ fn fal_routes_validate_and_run_the_real_scope_command() {
 #[tokio::test]
 async fn the_start_command_serves_with_mock_scope_in_place_of_scope() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let router_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let backend_port = free_port();
+    let router_port = free_port();
     // The fal routes, with mock-scope standing in for `uv run daydream-scope`.
     let text = std::fs::read_to_string(fal_dir().join("routes.yaml"))
         .unwrap()

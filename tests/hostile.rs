@@ -17,25 +17,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-fn api(method: &str, path: &str) -> Value {
-    json!({"type": "api", "method": method, "path": path})
-}
-
-fn candidate() -> Value {
-    json!({"candidate": "candidate:1 1 UDP 2122252543 192.0.2.10 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0})
-}
-
 /// The router is still running and `/healthz` answers.
 async fn assert_router_alive(r: &mut Proc) {
     r.assert_running();
     let (code, body) = get_json(&format!("{}/healthz", r.http())).await;
     assert_eq!(code, 200, "/healthz: {body}");
-}
-
-fn error_text(v: &Value) -> &str {
-    v["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error text in {v}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -18,14 +17,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn api(method: &str, path: &str) -> Value {
-    json!({"type": "api", "method": method, "path": path})
-}
-
-fn candidate() -> Value {
-    json!({"candidate": "candidate:1 1 UDP 2122252543 192.0.2.10 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0})
-}
 
 /// Opens a WebSocket (any request) and returns it with its first JSON message.
 async fn first_message<R>(req: R) -> (Socket, Value)
@@ -646,7 +637,7 @@ async fn upload(ws: &mut Ws, rid: &str, name: &str, bytes: &[u8]) {
             rid,
             json!({
                 "type": "api", "method": "POST", "path": format!("/api/v1/assets?filename={name}"),
-                "body": {"_base64_content": base64::engine::general_purpose::STANDARD.encode(bytes), "_content_type": "image/png"},
+                "body": {"_base64_content": b64(bytes), "_content_type": "image/png"},
             }),
         )
         .await;
@@ -659,7 +650,7 @@ async fn disconnect_closes_sessions_and_empties_the_assets_dir_before_the_next_r
     let assets = dir.path().join("assets");
     let port = free_port();
     let routes = cleanup_routes(dir.path(), port, &assets);
-    let r = router_supervising(&routes);
+    let r = router_supervising(&routes, &[]);
     wait_backend_ready(&r).await;
     let backend = format!("http://127.0.0.1:{port}");
 

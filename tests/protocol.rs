@@ -3,30 +3,13 @@
 
 mod common;
 
-use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-
-fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
 
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
     k.sort();
     k
-}
-
-fn api(method: &str, path: &str) -> Value {
-    json!({"type": "api", "method": method, "path": path})
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,9 +681,7 @@ async fn api_base64_upload_defaults_to_octet_stream() {
         v.to_string().chars().take(300).collect::<String>()
     );
     assert_eq!(v["_content_type"], "application/octet-stream");
-    let back = base64::engine::general_purpose::STANDARD
-        .decode(v["_base64_content"].as_str().expect("base64"))
-        .expect("valid base64");
+    let back = unb64(&v["_base64_content"]);
     assert_eq!(back, payload);
 }
 
@@ -730,9 +711,7 @@ async fn api_binary_download_is_base64() {
             "type"
         ]
     );
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(v["_base64_content"].as_str().expect("base64 string"))
-        .expect("valid base64");
+    let bytes = unb64(&v["_base64_content"]);
     assert_eq!(bytes.len(), 3_000_000);
     assert!(
         bytes == pattern(3_000_000),
@@ -759,9 +738,7 @@ async fn api_binary_download_other_binary_types() {
         assert_eq!(v["_content_type"], *ct);
         assert_eq!(v["_content_length"], 1000);
         assert!(v.get("data").is_none(), "{v}");
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(v["_base64_content"].as_str().expect("b64"))
-            .expect("valid");
+        let bytes = unb64(&v["_base64_content"]);
         assert_eq!(bytes, pattern(1000));
     }
 }
@@ -866,10 +843,7 @@ async fn disconnect_empties_the_assets_dir_before_the_next_ready() {
         "DAYDREAM_SCOPE_ASSETS_DIR: /tmp/daydream-scope/assets",
         &format!("DAYDREAM_SCOPE_ASSETS_DIR: {:?}", dir.display().to_string()),
     )]);
-    let mut cmd = std::process::Command::new(MOCK.as_str());
-    cmd.args(["--listen", "127.0.0.1:0", "--quiet"])
-        .env("DAYDREAM_SCOPE_ASSETS_DIR", &dir);
-    let m = Proc::start(cmd, "mock-scope listening on");
+    let m = mock_env(&[], &[("DAYDREAM_SCOPE_ASSETS_DIR", dir.to_str().unwrap())]);
     let r = router(&routes.path, &m.http(), &[]);
 
     let mut a = Ws::connect(&r.ws_url()).await;

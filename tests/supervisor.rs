@@ -7,15 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use serde_json::json;
 
 /// Writes a routes file whose backend is `command`, listening on `port`.
 fn routes_file(dir: &Path, port: u16, command: &[String], extra_backend: &str) -> PathBuf {
@@ -46,35 +38,6 @@ routes:
     let p = dir.join("routes.yaml");
     std::fs::write(&p, text).unwrap();
     p
-}
-
-fn supervised(routes: &Path, envs: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(ROUTER);
-    cmd.args(["serve", "--routes"])
-        .arg(routes)
-        .args(["--listen", "127.0.0.1:0"]);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    Proc::start(cmd, "scope-router listening on")
-}
-
-async fn readyz(r: &Proc) -> (u16, Value) {
-    get_json(&format!("{}/readyz", r.http())).await
-}
-
-async fn wait_ready(r: &Proc) -> Value {
-    eventually("backend ready", || async {
-        let (code, body) = readyz(r).await;
-        (code == 200).then_some(body)
-    })
-    .await
-}
-
-fn child_pid(readyz: &Value) -> Option<i32> {
-    readyz["backend"]["supervisor"]["pid"]
-        .as_i64()
-        .map(|p| p as i32)
 }
 
 fn kill(pid: i32, sig: &str) {
@@ -118,9 +81,9 @@ async fn killed_backend_is_restarted_and_the_gap_gets_a_fast_error() {
         &mock_command(port, &[]),
         "  restart: { policy: always, backoff: { initial: 1500ms, max: 3s } }",
     );
-    let r = supervised(&routes, &[]);
-    let first = wait_ready(&r).await;
-    let pid = child_pid(&first).expect("pid in /readyz");
+    let r = router_supervising(&routes, &[]);
+    let first = wait_backend_ready(&r).await;
+    let pid = backend_pid(&first).expect("pid in /readyz");
     let mut ws = Ws::connect(&r.ws_url()).await;
     let ok = ws
         .call(
@@ -152,8 +115,8 @@ async fn killed_backend_is_restarted_and_the_gap_gets_a_fast_error() {
     assert_eq!(offer["code"], "BACKEND_UNAVAILABLE");
     assert_eq!(ws.call("p1", json!({"type": "ping"})).await["type"], "pong");
 
-    let after = wait_ready(&r).await;
-    let new_pid = child_pid(&after).expect("new pid");
+    let after = wait_backend_ready(&r).await;
+    let new_pid = backend_pid(&after).expect("new pid");
     assert_ne!(new_pid, pid);
     assert!(
         after["backend"]["supervisor"]["restarts_total"]
@@ -186,7 +149,7 @@ async fn crash_loop_backs_off_and_is_reported() {
         &cmd,
         "  restart: { policy: always, backoff: { initial: 200ms, max: 10s }, max_restarts_per_minute: 2 }",
     );
-    let r = supervised(&routes, &[]);
+    let r = router_supervising(&routes, &[]);
     // Five starts: gaps of about 0.2, 0.4, 0.8, 1.6 s (±20% jitter).
     eventually("five starts", || async {
         let n = r.output().matches("backend started").count();
@@ -237,7 +200,7 @@ async fn slow_start_stays_not_ready_until_healthy() {
         &mock_command(port, &["--startup-delay-ms", "2000"]),
         "",
     );
-    let r = supervised(&routes, &[]);
+    let r = router_supervising(&routes, &[]);
     let (code, body) = readyz(&r).await;
     assert_eq!(code, 503, "{body}");
     let mut ws = Ws::connect(&r.ws_url()).await;
@@ -249,7 +212,7 @@ async fn slow_start_stays_not_ready_until_healthy() {
         .await;
     assert_eq!(early["status"], 503, "{early}");
     assert_eq!(early["code"], "BACKEND_UNAVAILABLE");
-    wait_ready(&r).await;
+    wait_backend_ready(&r).await;
     let later = ws
         .call(
             "e2",
@@ -273,9 +236,9 @@ async fn sigterm_leaves_no_process_of_the_child_group() {
         &cmd,
         "  stop: { signal: SIGTERM, grace: 2s }",
     );
-    let mut r = supervised(&routes, &[]);
-    let body = wait_ready(&r).await;
-    let pgid = child_pid(&body).unwrap();
+    let mut r = router_supervising(&routes, &[]);
+    let body = wait_backend_ready(&r).await;
+    let pgid = backend_pid(&body).unwrap();
     let members = group_members(pgid);
     assert!(
         members.len() >= 3,
@@ -306,8 +269,8 @@ async fn backend_logs_reach_clients_filtered() {
         &mock_command(port, &["--log-interval-ms", "50"]),
         "  logs: { push_to_clients: true, batch: 50, exclude: [kafka_publisher] }",
     );
-    let r = supervised(&routes, &[]);
-    wait_ready(&r).await;
+    let r = router_supervising(&routes, &[]);
+    wait_backend_ready(&r).await;
     let mut ws = Ws::connect(&r.ws_url()).await;
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.contains("heartbeat 7")) {
@@ -337,11 +300,11 @@ async fn environment_passes_through_to_the_backend() {
         &mock_command(port, &[]),
         "  env: { DECLARED_VAR: from-routes, DAYDREAM_SCOPE_LOGS_DIR: /tmp/scope-logs }",
     );
-    let r = supervised(
+    let r = router_supervising(
         &routes,
         &[("HF_TOKEN", "hf_test_token"), ("PIPELINE", "passthrough")],
     );
-    wait_ready(&r).await;
+    wait_backend_ready(&r).await;
     let mut ws = Ws::connect(&r.ws_url()).await;
     for (name, want) in [
         ("HF_TOKEN", "hf_test_token"),
@@ -369,14 +332,14 @@ async fn unhealthy_backend_is_restarted() {
         &mock_command(port, &[]),
         "  restart: { policy: always, backoff: { initial: 100ms, max: 1s } }\n  stop: { grace: 1s }",
     );
-    let r = supervised(&routes, &[]);
-    let body = wait_ready(&r).await;
-    let pid = child_pid(&body).unwrap();
+    let r = router_supervising(&routes, &[]);
+    let body = wait_backend_ready(&r).await;
+    let pid = backend_pid(&body).unwrap();
     // Freeze the backend: it stops answering probes without exiting.
     kill(pid, "-STOP");
     let after = eventually("a new healthy backend", || async {
         let (code, body) = readyz(&r).await;
-        (code == 200 && child_pid(&body).is_some_and(|p| p != pid)).then_some(body)
+        (code == 200 && backend_pid(&body).is_some_and(|p| p != pid)).then_some(body)
     })
     .await;
     assert!(

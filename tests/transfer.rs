@@ -5,20 +5,10 @@ mod common;
 
 use std::path::Path;
 
-use base64::Engine as _;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -51,7 +41,7 @@ async fn start_upload(ws: &mut Ws, rid: &str, data: &[u8], filename: &str) -> Va
         .call(
             rid,
             json!({"type": "upload_start", "method": "POST", "path": format!("/api/v1/assets?filename={filename}"),
-                   "content_type": "video/mp4", "size": data.len(), "sha256": hex(&Sha256::digest(data))}),
+                   "content_type": "video/mp4", "size": data.len(), "sha256": sha256_hex(data)}),
         )
         .await;
     assert_eq!(v["type"], "upload_ready", "{v}");
@@ -110,21 +100,11 @@ async fn receive_download(ws: &mut Ws, header: &Value) -> Vec<u8> {
         let m = ws.recv().await;
         assert_eq!(m["type"], "download_chunk", "{m}");
         assert_eq!(m["seq"], seq, "chunks arrive in order");
-        out.extend(
-            base64::engine::general_purpose::STANDARD
-                .decode(m["data"].as_str().unwrap())
-                .unwrap(),
-        );
+        out.extend(unb64(&m["data"]));
         ws.send(&json!({"type": "download_ack", "download_id": id, "seq": seq}))
             .await;
     }
     out
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test]
@@ -143,7 +123,7 @@ async fn fifty_megabytes_up_and_down_with_matching_sha256_and_bounded_memory() {
         .await;
     assert_eq!(done["type"], "api_response", "{done}");
     assert_eq!(done["status"], 200, "{done}");
-    assert_eq!(done["data"]["sha256"], hex(&Sha256::digest(&data)));
+    assert_eq!(done["data"]["sha256"], sha256_hex(&data));
     assert_eq!(done["data"]["size_bytes"], data.len());
     assert_eq!(done["data"]["content_type"], "video/mp4");
     drop(data);
@@ -157,10 +137,7 @@ async fn fifty_megabytes_up_and_down_with_matching_sha256_and_bounded_memory() {
     assert_eq!(header["_content_type"], "video/mp4");
     let got = receive_download(&mut ws, &header).await;
     assert_eq!(got.len(), size);
-    assert_eq!(
-        hex(&Sha256::digest(&got)),
-        header["sha256"].as_str().unwrap()
-    );
+    assert_eq!(sha256_hex(&got), header["sha256"].as_str().unwrap());
     assert!(
         got == pattern(size),
         "downloaded bytes differ from the backend's"
@@ -215,11 +192,7 @@ async fn binary_frames_carry_chunks_both_ways() {
             json!({"type": "upload_finish", "upload_id": ready["upload_id"]}),
         )
         .await;
-    assert_eq!(
-        done["data"]["sha256"],
-        hex(&Sha256::digest(&data)),
-        "{done}"
-    );
+    assert_eq!(done["data"]["sha256"], sha256_hex(&data), "{done}");
 
     let size = 3_000_000;
     let header = ws
@@ -276,7 +249,7 @@ async fn an_interrupted_upload_resumes_on_a_new_connection() {
         .call("fin", json!({"type": "upload_finish", "upload_id": id}))
         .await;
     assert_eq!(done["status"], 200, "{done}");
-    assert_eq!(done["data"]["sha256"], hex(&Sha256::digest(&data)));
+    assert_eq!(done["data"]["sha256"], sha256_hex(&data));
     // Exactly one complete, correct request reached the backend.
     let stats = mock_stats(&m).await;
     assert_eq!(stats["by_route"]["POST /api/v1/assets"], 1, "{stats}");
@@ -330,10 +303,7 @@ async fn bad_chunks_are_each_detected_and_answered() {
     let mut bad = chunk(0).to_vec();
     bad[10] ^= 0xff;
     let v = ws
-        .call(
-            "corrupt",
-            send(0, &bad, Some(hex(&Sha256::digest(chunk(0))))),
-        )
+        .call("corrupt", send(0, &bad, Some(sha256_hex(chunk(0)))))
         .await;
     assert_eq!(v["code"], "UPLOAD_CHUNK_CORRUPT", "{v}");
     // Out of order within the window: accepted.
