@@ -41,6 +41,8 @@ pub enum BackendError {
     TooLarge(usize),
     #[error("backend request failed: {0}")]
     Failed(String),
+    #[error("backend answered with status {0}, which is not a final HTTP status")]
+    BadStatus(u16),
 }
 
 /// The shared HTTP clients: one keep-alive pool to the backend, one for other hosts.
@@ -249,6 +251,10 @@ where
             }
         })?;
         let status = resp.status();
+        // An informational or out-of-range status is not an answer a client can use.
+        if !(200..=599).contains(&status.as_u16()) {
+            return Err(BackendError::BadStatus(status.as_u16()));
+        }
         let content_type = resp
             .headers()
             .get(header::CONTENT_TYPE)

@@ -40,6 +40,24 @@ const PATH_ENCODE: &AsciiSet = &CONTROLS
     .add(b'}')
     .add(b'\\');
 
+/// Bytes of a query that are percent-encoded on the way to the backend (characters that are
+/// not valid in a URI query, such as a space or `#`, which would end it; non-ASCII is
+/// always encoded). `%`, `&`, `=` and `+` keep their meaning.
+const QUERY_ENCODE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'|')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'[')
+    .add(b']');
+
 /// Checks and normalizes `raw` (a path with optional query).
 ///
 /// The path is percent-decoded, dot segments are resolved, repeated slashes are
@@ -88,7 +106,7 @@ pub fn normalize(raw: &str) -> Result<SafePath, PathError> {
     let mut wire: String = utf8_percent_encode(&norm, PATH_ENCODE).collect();
     if let Some(q) = query {
         wire.push('?');
-        wire.push_str(q);
+        wire.extend(utf8_percent_encode(q, QUERY_ENCODE));
     }
     Ok(SafePath {
         decoded: norm,
@@ -119,6 +137,17 @@ mod tests {
             "/api/v1/assets/my%20file.png"
         );
         assert_eq!(ok("/api/v1/assets/").0, "/api/v1/assets/");
+    }
+
+    #[test]
+    fn queries_are_encoded_not_refused() {
+        assert_eq!(
+            ok("/api/v1/assets?filename=clip one é.png").1,
+            "/api/v1/assets?filename=clip%20one%20%C3%A9.png"
+        );
+        assert_eq!(ok("/api/v1/x?a=1#2&b=3").1, "/api/v1/x?a=1%232&b=3");
+        assert_eq!(ok("/api/v1/x?a=%20&b=c+d").1, "/api/v1/x?a=%20&b=c+d");
+        assert_eq!(normalize("/api/v1/x?a=\u{7}"), Err(PathError::ForbiddenChar));
     }
 
     #[test]

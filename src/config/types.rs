@@ -334,7 +334,7 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             route_on: "type".to_owned(),
-            max_message_bytes: 128 * 1024 * 1024,
+            max_message_bytes: 64 * 1024 * 1024,
             max_in_flight: 64,
             max_duration: Some(Dur::secs(2 * 60 * 60)),
             drain_timeout: Dur::secs(10),
@@ -623,7 +623,7 @@ fn default_methods() -> Vec<String> {
 }
 
 fn default_allow() -> Vec<String> {
-    vec!["/**".to_owned()]
+    vec!["/api/v1/**".to_owned(), "/health".to_owned()]
 }
 
 fn default_deny() -> Vec<String> {

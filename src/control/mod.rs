@@ -44,6 +44,14 @@ impl ControlPlane {
         };
         let logs = LogFeed::new(loaded.file.backend.logs.queue);
         let compiled = snapshot::from_loaded(loaded, &overrides, &runtime)?;
+        let orphans = Uploads::remove_orphans(&compiled.snapshot.transfers.dir);
+        if orphans > 0 {
+            tracing::info!(
+                removed = orphans,
+                dir = %compiled.snapshot.transfers.dir.display(),
+                "removed partial uploads left by an earlier run"
+            );
+        }
         Ok(ControlPlane {
             snapshot: Arc::new(Publisher::new(compiled.snapshot)),
             readiness,

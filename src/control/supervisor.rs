@@ -371,19 +371,61 @@ fn spawn_child(cfg: &BackendConfig, base_dir: &Path, logs: &LogFeed) -> Result<C
     Ok(child)
 }
 
+/// Longest backend log line kept; the rest of a longer line is cut and the cut is marked.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
 /// Copies the child's output into tracing and, filtered, to subscribed clients.
+///
+/// It reads bytes, not text: a line that is not UTF-8 is decoded lossily, a line longer
+/// than [`MAX_LOG_LINE`] is cut (memory stays bounded whatever the child writes), and a
+/// read error never ends the loop, so the pipe stays open and the child never gets EPIPE.
 async fn pump(
     stream: impl AsyncRead + Unpin,
     which: &'static str,
     logs: LogFeed,
     exclude: Vec<String>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "backend", stream = which, "{line}");
-        if logs.has_subscribers() && !exclude.iter().any(|x| line.contains(x.as_str())) {
-            logs.send(Arc::from(line));
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut cut = 0usize;
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(stream = which, error = %e, "backend output read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if buf.is_empty() {
+            if !line.is_empty() || cut > 0 {
+                emit(&line, cut, which, &logs, &exclude);
+            }
+            return;
         }
+        let newline = buf.iter().position(|b| *b == b'\n');
+        let take = newline.unwrap_or(buf.len());
+        let keep = take.min(MAX_LOG_LINE.saturating_sub(line.len()));
+        line.extend_from_slice(buf.get(..keep).unwrap_or_default());
+        cut += take - keep;
+        reader.consume(if newline.is_some() { take + 1 } else { take });
+        if newline.is_some() {
+            emit(&line, cut, which, &logs, &exclude);
+            line.clear();
+            cut = 0;
+        }
+    }
+}
+
+fn emit(raw: &[u8], cut: usize, which: &'static str, logs: &LogFeed, exclude: &[String]) {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let mut line = String::from_utf8_lossy(raw).into_owned();
+    if cut > 0 {
+        line.push_str(&format!(" …[{cut} more bytes cut]"));
+    }
+    tracing::info!(target: "backend", stream = which, "{line}");
+    if logs.has_subscribers() && !exclude.iter().any(|x| line.contains(x.as_str())) {
+        logs.send(Arc::from(line));
     }
 }
 
@@ -402,6 +444,22 @@ mod tests {
         assert!((160..=240).contains(&d(2)));
         assert!((320..=480).contains(&d(3)));
         assert!(d(10) <= 1000 && d(10) >= 800);
+    }
+
+    #[tokio::test]
+    async fn log_lines_are_bytes_cut_and_never_end_the_reader() {
+        let logs = LogFeed::new(16);
+        let mut rx = logs.subscribe();
+        let mut input = b"ok line\n\xff\xfebad utf8\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LOG_LINE + 10));
+        input.extend_from_slice(b"\nlast");
+        pump(&input[..], "stdout", logs, Vec::new()).await;
+        assert_eq!(&*rx.recv().await.unwrap(), "ok line");
+        assert_eq!(&*rx.recv().await.unwrap(), "\u{fffd}\u{fffd}bad utf8");
+        let long = rx.recv().await.unwrap();
+        assert!(long.len() < MAX_LOG_LINE + 64, "a long line is cut");
+        assert!(long.ends_with(" …[10 more bytes cut]"), "{}", &long[long.len() - 40..]);
+        assert_eq!(&*rx.recv().await.unwrap(), "last");
     }
 
     #[test]

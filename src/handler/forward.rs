@@ -111,6 +111,7 @@ impl From<BackendError> for Failure {
             BackendError::Unavailable => (503, Some("BACKEND_UNAVAILABLE"), Outcome::Unavailable),
             BackendError::Timeout => (504, None, Outcome::Timeout),
             BackendError::BadRequest(_) => (400, None, Outcome::Rejected),
+            BackendError::BadStatus(_) => (502, None, Outcome::BackendError),
             BackendError::TooLarge(_) | BackendError::Failed(_) => {
                 (500, None, Outcome::BackendError)
             }

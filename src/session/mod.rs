@@ -192,9 +192,14 @@ async fn run<S>(
             }
             frame = rx.next() => {
                 last_heard = Instant::now();
-                if let Some(d) = policy.idle_timeout {
+                // Only a client's messages count as activity: a browser answers pings by
+                // itself, so an abandoned tab would otherwise never be idle.
+                if let (Some(d), Some(Ok(Message::Text(_) | Message::Binary(_)))) = (policy.idle_timeout, &frame) {
                     idle.as_mut().reset(tokio::time::Instant::now() + d);
                 }
+                // Every message takes a token, whether it decodes or not.
+                let limited = matches!(&frame, Some(Ok(Message::Text(_) | Message::Binary(_))))
+                    && bucket.as_mut().is_some_and(|b| !b.take());
                 let reply: Option<Reply> = match frame {
                     None => break EndReason::ClientGone,
                     Some(Ok(Message::Text(text))) => {
@@ -203,14 +208,16 @@ async fn run<S>(
                         let decoded = decode(text.as_str());
                         drop(text);
                         match decoded {
+                            Err(_) if limited => Some(refuse(None, &ProtocolError::RateLimited)),
                             Err(err) => {
                                 tracing::debug!(error = %err, "undecodable message");
                                 Some(refuse(None, &err))
                             }
+                            Ok((_, request_id)) if limited => {
+                                Some(refuse(request_id.as_ref(), &ProtocolError::RateLimited))
+                            }
                             Ok((msg, request_id)) => {
-                                if bucket.as_mut().is_some_and(|b| !b.take()) {
-                                    Some(refuse(request_id.as_ref(), &ProtocolError::RateLimited))
-                                } else if in_flight.len() >= policy.max_in_flight {
+                                if in_flight.len() >= policy.max_in_flight {
                                     Some(refuse(request_id.as_ref(), &ProtocolError::TooManyInFlight(policy.max_in_flight)))
                                 } else {
                                     let req = Request { msg, request_id, conn: conn.clone() };
@@ -223,7 +230,9 @@ async fn run<S>(
                     }
                     Some(Ok(Message::Binary(b))) => {
                         bytes_in += b.len() as u64;
-                        if !policy.binary_uploads {
+                        if limited {
+                            Some(refuse(None, &ProtocolError::RateLimited))
+                        } else if !policy.binary_uploads {
                             Some(refuse(None, &ProtocolError::BinaryFrame))
                         } else if in_flight.len() >= policy.max_in_flight {
                             Some(refuse(None, &ProtocolError::TooManyInFlight(policy.max_in_flight)))

@@ -107,7 +107,7 @@ pub fn start_download(
         for seq in 0..chunks {
             loop {
                 let notified = state.notify.notified();
-                if seq < state.acked.load(Ordering::Acquire) + window {
+                if seq < state.acked.load(Ordering::Acquire).saturating_add(window) {
                     break;
                 }
                 if tokio::time::timeout(cfg.ack_timeout, notified)

@@ -113,6 +113,12 @@ impl TransferHandler {
                         size: u64_field(msg, "size")?,
                         sha256: str_field(msg, "sha256")?.to_ascii_lowercase(),
                     };
+                    // A content type that cannot be a header fails now, not after the whole upload.
+                    if hyper::header::HeaderValue::from_str(&target.content_type).is_err() {
+                        return Err(TransferError::Invalid(
+                            "content_type is not a valid header value".to_owned(),
+                        ));
+                    }
                     // Refuse a target the forward route would refuse, before any byte arrives.
                     if let Some(via) = &self.via {
                         via.check_upload_target(&target.method, &target.path)

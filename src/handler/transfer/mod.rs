@@ -180,10 +180,18 @@ impl Drop for Assembled {
     }
 }
 
+/// One upload in the registry: what its removal must give back, beside the upload itself,
+/// so that removing it never needs the upload's own lock.
+struct Entry {
+    size: u64,
+    disk: PathBuf,
+    upload: Arc<tokio::sync::Mutex<Upload>>,
+}
+
 /// All uploads of the process (they outlive connections, for resume).
 #[derive(Default)]
 pub struct Uploads {
-    uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Upload>>>>,
+    uploads: Mutex<HashMap<String, Entry>>,
     /// Bytes promised to uploads in progress.
     reserved: AtomicU64,
 }
@@ -193,7 +201,7 @@ impl Uploads {
         Arc::new(Self::default())
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Upload>>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.uploads
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -263,8 +271,12 @@ impl Uploads {
             "chunks": chunks,
             "window": cfg.window,
         });
-        self.map()
-            .insert(id, Arc::new(tokio::sync::Mutex::new(upload)));
+        let entry = Entry {
+            size: upload.target.size,
+            disk: upload.disk.clone(),
+            upload: Arc::new(tokio::sync::Mutex::new(upload)),
+        };
+        self.map().insert(id, entry);
         Ok(reply)
     }
 
@@ -274,7 +286,11 @@ impl Uploads {
         conn: &ConnHandle,
         id: &str,
     ) -> Result<Arc<tokio::sync::Mutex<Upload>>, TransferError> {
-        let entry = self.map().get(id).cloned().ok_or(TransferError::Unknown)?;
+        let entry = self
+            .map()
+            .get(id)
+            .map(|e| e.upload.clone())
+            .ok_or(TransferError::Unknown)?;
         {
             let mut u = entry.lock().await;
             if u.owner != conn.token_digest {
@@ -385,7 +401,8 @@ impl Uploads {
         let disk = u.disk.clone();
         drop(u);
         // From here the upload is no longer resumable: exactly one request reaches the backend.
-        self.remove(id);
+        // The file now belongs to the `Assembled` value (removed when it is dropped).
+        self.remove(id, false);
         let assembled = Assembled { target, disk };
         if !actual.eq_ignore_ascii_case(&assembled.target.sha256) {
             return Err(TransferError::ChecksumMismatch {
@@ -396,20 +413,40 @@ impl Uploads {
         Ok(assembled)
     }
 
-    fn remove(&self, id: &str) {
-        if let Some(entry) = self.map().remove(id)
-            && let Ok(u) = entry.try_lock()
-        {
-            self.reserved.fetch_sub(u.target.size, Ordering::AcqRel);
-            if !u.finishing {
-                let _ = std::fs::remove_file(&u.disk);
-            }
+    /// Removes an upload and gives its reserved bytes back, in one step under the map's
+    /// lock: whoever else holds or waits for the upload, the budget is returned exactly once.
+    fn remove(&self, id: &str, delete_file: bool) {
+        let Some(entry) = self.map().remove(id) else {
+            return;
+        };
+        self.reserved.fetch_sub(entry.size, Ordering::AcqRel);
+        if delete_file {
+            let _ = std::fs::remove_file(&entry.disk);
         }
+    }
+
+    /// Removes `.part` files left in `dir` by a router that crashed or was killed: at startup
+    /// no upload is live, so every one of them is an orphan.
+    pub fn remove_orphans(dir: &std::path::Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
+    /// Bytes reserved by uploads in progress.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// A connection ended: its uploads wait `resume_timeout` for another connection.
     pub async fn detach(&self, conn_id: &str) {
-        let entries: Vec<_> = self.map().values().cloned().collect();
+        let entries: Vec<_> = self.map().values().map(|e| e.upload.clone()).collect();
         for e in entries {
             let mut u = e.lock().await;
             if u.conn.as_deref() == Some(conn_id) {
@@ -426,7 +463,7 @@ impl Uploads {
             .map()
             .iter()
             .filter_map(|(id, e)| {
-                let u = e.try_lock().ok()?;
+                let u = e.upload.try_lock().ok()?;
                 let gone = u
                     .detached_at
                     .is_some_and(|t| now.duration_since(t) > u.resume_timeout);
@@ -436,7 +473,7 @@ impl Uploads {
             .collect();
         for id in &stale {
             tracing::info!(upload = %id, "abandoned upload removed");
-            self.remove(id);
+            self.remove(id, true);
         }
         stale.len()
     }
@@ -501,6 +538,35 @@ pub async fn body_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn removing_an_upload_someone_holds_still_returns_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Settings {
+            dir: dir.path().to_owned(),
+            ..Settings::default()
+        };
+        let uploads = Uploads::new();
+        let conn = ConnHandle::new("0011aabb");
+        let target = Target {
+            method: "POST".into(),
+            path: "/api/v1/assets".into(),
+            content_type: "image/png".into(),
+            size: 1000,
+            sha256: "0".repeat(64),
+        };
+        let reply = uploads.start(&cfg, &conn, target).await.unwrap();
+        let id = reply["upload_id"].as_str().unwrap().to_owned();
+        assert_eq!(uploads.reserved_bytes(), 1000);
+        // Another task (a status call, a closing tab's detach) holds the upload's lock.
+        let held = uploads.map().get(&id).unwrap().upload.clone();
+        let guard = held.lock().await;
+        uploads.remove(&id, true);
+        assert_eq!(uploads.reserved_bytes(), 0, "the budget leaked");
+        assert_eq!(uploads.uploads_in_progress(), 0);
+        drop(guard);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the part file is gone");
+    }
 
     #[test]
     fn binary_chunk_frames() {
