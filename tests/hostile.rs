@@ -33,6 +33,7 @@ async fn malformed_json_of_every_kind_is_an_invalid_json_error() {
     let mut ws = Ws::connect(&r.ws_url()).await;
     let bad = [
         "{",
+        "{nope",
         "}",
         "{\"type\":\"ping\",}",
         "{'type':'ping'}",
@@ -58,6 +59,7 @@ async fn malformed_json_of_every_kind_is_an_invalid_json_error() {
         " ",
         "\u{0}",
         "ping",
+        "\u{1F600}",
     ];
     for text in bad {
         ws.send_text(text).await;
@@ -74,6 +76,7 @@ async fn malformed_json_of_every_kind_is_an_invalid_json_error() {
     // Well-formed JSON that is not an object.
     for (text, kind) in [
         ("[]", "an array"),
+        ("[1,2,3]", "an array"),
         ("[{\"type\":\"ping\",\"request_id\":\"x\"}]", "an array"),
         ("\"ping\"", "a string"),
         ("42", "a number"),
@@ -93,10 +96,10 @@ async fn malformed_json_of_every_kind_is_an_invalid_json_error() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Wrong JSON types
+// Schema violations: missing fields, wrong JSON types
 
 #[tokio::test]
-async fn wrong_types_for_every_field_are_refused_with_request_id_echoed() {
+async fn missing_fields_and_wrong_types_are_refused_with_request_id_echoed() {
     let (m, mut r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     let odd = [
@@ -110,27 +113,32 @@ async fn wrong_types_for_every_field_are_refused_with_request_id_echoed() {
         json!({"a": 1}),
     ];
 
-    // The routing key itself.
+    // The routing key itself: missing or not a string. Each refusal echoes its request_id,
+    // whatever JSON value it is.
+    let no_type = "Invalid message: missing string field \"type\" to route on";
+    let v = ws
+        .call("nt", json!({"path": "/api/v1/pipeline/status"}))
+        .await;
+    assert_eq!(
+        v,
+        json!({"type": "error", "error": no_type, "request_id": "nt"})
+    );
     for (i, t) in odd.iter().enumerate() {
         let rid = format!("t{i}");
         let v = ws.call(&rid, json!({"type": t})).await;
         assert_eq!(
             v,
-            json!({"type": "error", "error": "Invalid message: missing string field \"type\" to route on", "request_id": rid}),
+            json!({"type": "error", "error": no_type, "request_id": rid}),
             "type {t}"
         );
+        let v = ws.call_with_id(t.clone(), json!({"type": t})).await;
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": no_type, "request_id": t}),
+            "type and request_id {t}"
+        );
     }
-    // `request_id` may be any JSON value and comes back unchanged.
-    for t in &odd {
-        let v = ws.call_with_id(t.clone(), json!({"type": "ping"})).await;
-        assert_eq!(v, json!({"type": "pong", "request_id": t}));
-        let v = ws
-            .call_with_id(t.clone(), json!({"type": "get_ice_servers"}))
-            .await;
-        assert_eq!(v["type"], "ice_servers", "{v}");
-        assert_eq!(v["request_id"], *t, "{v}");
-    }
-    let backend_calls = mock_total(&m).await;
+    assert_eq!(mock_total(&m).await, 0);
 
     let mut cases: Vec<(Value, &str)> = Vec::new();
     let with = |base: Value, field: &str, value: &Value| {
@@ -138,6 +146,13 @@ async fn wrong_types_for_every_field_are_refused_with_request_id_echoed() {
         msg[field] = value.clone();
         msg
     };
+    // Required fields missing.
+    cases.push((json!({"type": "offer"}), "sdp"));
+    cases.push((json!({"type": "api", "method": "GET"}), "path"));
+    cases.push((
+        json!({"type": "icecandidate", "candidate": {"sdpMid": "0"}}),
+        "candidate",
+    ));
     let offer = json!({"type": "offer", "sdp": SDP_OFFER});
     for v in [
         json!(42),
@@ -165,15 +180,9 @@ async fn wrong_types_for_every_field_are_refused_with_request_id_echoed() {
             "initialParameters",
         ));
     }
+    // `sessionId` is a non-empty string, or null for "this connection's latest".
     let ice = json!({"type": "icecandidate", "candidate": candidate()});
-    for v in [
-        json!(7),
-        json!(true),
-        json!({}),
-        json!([]),
-        json!(null),
-        json!(""),
-    ] {
+    for v in [json!(7), json!(true), json!({}), json!([]), json!("")] {
         cases.push((with(ice.clone(), "sessionId", &v), "sessionId"));
     }
     for v in [
@@ -256,7 +265,7 @@ async fn wrong_types_for_every_field_are_refused_with_request_id_echoed() {
     ws.assert_open().await;
     assert_eq!(
         mock_total(&m).await,
-        backend_calls,
+        0,
         "no refused message may reach the backend"
     );
     assert!(mock_sessions(&m).await.is_empty());
@@ -326,10 +335,13 @@ async fn deep_nesting_is_an_invalid_json_error_and_moderate_nesting_passes() {
     let n = 100_000;
     let arrays = format!("{}{}", "[".repeat(n), "]".repeat(n));
     let objects = format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
-    for body in [&arrays, &objects] {
-        let text = format!(
+    let in_a_body = |body: &str| {
+        format!(
             r#"{{"type":"api","method":"POST","path":"/api/v1/mock/echo","request_id":"deep","body":{body}}}"#
-        );
+        )
+    };
+    // The whole message, or the body of an otherwise valid one.
+    for text in [arrays.clone(), in_a_body(&arrays), in_a_body(&objects)] {
         ws.send_text(&text).await;
         let v = ws.recv().await;
         assert_eq!(v["type"], "error", "{v}");
@@ -577,28 +589,67 @@ async fn a_flood_of_10000_pipelined_pings_gets_exactly_one_reply_each() {
 // Traversal, SSRF and hijacking
 
 #[tokio::test]
-async fn traversal_probes_with_every_method_never_reach_the_backend() {
+async fn unsafe_and_denied_api_paths_with_every_method_never_reach_the_backend() {
     let (m, mut r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let probes = [
-        "/api/v1/assets/../../../etc/passwd",
-        "/api/v1/%2e%2e/%2e%2e/%2e%2e/etc/shadow",
-        "/api/v1/assets/%2E%2e/internal/keys",
-        "/api/v1/assets/..%2Finternal/keys",
-        "/api/v1/assets/.%2e/.%2e/.%2e/_mock/reset",
-        "//api/v1/pipeline/status",
-        "/api/v1/assets\\..\\..\\internal",
-        "/api/v1/assets%5c..%5cinternal",
-        "/api/v1/pipeline/status%0d%0aX-Injected:%201",
-        "/api/v1/pipeline/status%00.json",
-        "/api/v1/pipeline/status\u{7f}",
-        "http://127.0.0.1/api/v1/pipeline/status",
-        "file:///etc/passwd",
-        "/api/v1/assets/%c0%ae%c0%ae/internal",
+    let mock_host = m.addr.to_string();
+    let paths = [
+        // Traversal, plain and percent-encoded in every case mix.
+        "/api/v1/assets/../../../etc/passwd".to_owned(),
+        "/api/../../etc/passwd".to_owned(),
+        "/../etc/passwd".to_owned(),
+        "/api/v1/%2e%2e/%2e%2e/%2e%2e/etc/shadow".to_owned(),
+        "/api/v1/assets/%2e%2e/%2e%2e/%2e%2e/_mock/exit".to_owned(),
+        "/api/v1/assets/%2E%2e/internal/secret".to_owned(),
+        "/api/v1/assets/%2e%2E/%2E%2E/%2e%2e/%2e%2e/etc/passwd".to_owned(),
+        "/api/v1/assets/..%2f..%2f..%2f_mock/exit".to_owned(),
+        "/api/v1/assets/..%2finternal/secret".to_owned(),
+        "/api/v1/assets/..%2Finternal/keys".to_owned(),
+        "/api/v1/assets/.%2e/.%2e/.%2e/_mock/reset".to_owned(),
+        "/api/v1/assets/%c0%ae%c0%ae/internal".to_owned(),
+        // Backslashes, raw and encoded.
+        "/api/v1/assets\\..\\..\\internal\\secret".to_owned(),
+        "/api/v1/assets\\..\\..\\internal".to_owned(),
+        "/api/v1/mock/echo\\..\\..\\x".to_owned(),
+        "/api/v1/assets%5c..%5c..%5cinternal".to_owned(),
+        "/api/v1/assets%5C..%5Cinternal".to_owned(),
+        "/api/v1/assets%5c..%5cinternal".to_owned(),
+        "/api/v1/mock/echo%5c..%5cx".to_owned(),
+        // Empty segments, and other hosts.
+        "/api//v1//internal//secret".to_owned(),
+        "/api//v1/internal/x".to_owned(),
+        "//api/v1/pipeline/status".to_owned(),
+        format!("//{mock_host}/api/v1/pipeline/status"),
+        "//evil.example/api/v1/pipeline/status".to_owned(),
+        "//evil.example/x".to_owned(),
+        format!("http://{mock_host}/api/v1/pipeline/status"),
+        "http://127.0.0.1/api/v1/pipeline/status".to_owned(),
+        "http://evil/x".to_owned(),
+        "https://evil.example/api/v1/pipeline/status".to_owned(),
+        "file:///etc/passwd".to_owned(),
+        // Header injection, NUL, DEL and bytes that are not UTF-8.
+        "/api/v1/pipeline/status%0d%0aHost:%20evil".to_owned(),
+        "/api/v1/pipeline/status%0d%0aX-Injected:%201".to_owned(),
+        "/api/v1/pipeline/status%0aX-Injected:%201".to_owned(),
+        "/api/v1/pipeline/status\r\nX-Injected: 1".to_owned(),
+        "/api/v1/mock/echo\r\nHost: evil".to_owned(),
+        "/api/v1/pipeline/status%00".to_owned(),
+        "/api/v1/pipeline/status%00.json".to_owned(),
+        "/api/v1/pipeline/status\u{0}.json".to_owned(),
+        "/api/v1/pipeline/status\u{7f}".to_owned(),
+        "/api/v1/assets/%ff%fe".to_owned(),
+        // Well-formed, but denied or outside the allow list.
+        "/api/v1/internal/x".to_owned(),
+        "/api/v1/internal/".to_owned(),
+        "/api/v1/assets/../internal/x".to_owned(),
+        "/api/v1/assets/%2e%2e/internal/x".to_owned(),
+        "/_mock/exit".to_owned(),
+        "/metrics".to_owned(),
     ];
     let mut i = 0;
+    // POST among them: a probe that reached `/_mock/exit` would stop the mock (checked at the end).
     for method in ["GET", "POST", "PATCH", "DELETE", "PUT"] {
-        for path in probes {
+        for path in &paths {
             i += 1;
             let rid = format!("tr{i}");
             let mut msg = api(method, path);
@@ -609,17 +660,39 @@ async fn traversal_probes_with_every_method_never_reach_the_backend() {
                 Some("api_response") => {
                     let s = v["status"].as_u64().unwrap();
                     assert!(s == 400 || s == 403, "{method} {path:?} → {v}");
+                    assert!(!error_text(&v).is_empty(), "{method} {path:?} → {v}");
                     assert!(v.get("data").is_none(), "{method} {path:?} → {v}");
                 }
                 Some("error") => {
-                    assert_eq!(v["code"], "VALIDATION_FAILED", "{method} {path:?} → {v}")
+                    assert_eq!(v["code"], "VALIDATION_FAILED", "{method} {path:?} → {v}");
+                    assert!(!error_text(&v).is_empty(), "{method} {path:?} → {v}");
                 }
                 _ => panic!("{method} {path:?} → {v}"),
             }
+            assert_eq!(
+                mock_total(&m).await,
+                0,
+                "{method} {path:?} reached the backend: {}",
+                mock_stats(&m).await
+            );
         }
     }
+    // The deny list sees the normalized path.
+    for (rid, path) in [
+        ("deny1", "/api/v1/assets/../internal/secret"),
+        ("deny2", "/api/v1/internal/x"),
+    ] {
+        let v = ws.call(rid, api("GET", path)).await;
+        assert_eq!(v["type"], "api_response", "{path} → {v}");
+        assert_eq!(v["status"], 403, "{path} → {v}");
+        assert_eq!(v["request_id"], rid);
+    }
     ws.assert_open().await;
-    assert_eq!(mock_total(&m).await, 0, "{}", mock_stats(&m).await);
+    let stats = mock_stats(&m).await;
+    assert_eq!(stats["total"], 0, "nothing may reach the backend: {stats}");
+    assert!(mock_recent(&m, "GET", "/api/v1/internal").await.is_empty());
+    let (code, _) = get_json(&format!("{}/health", m.http())).await;
+    assert_eq!(code, 200, "the mock is alive (no /_mock/exit got through)");
     assert_router_alive(&mut r).await;
 }
 
@@ -736,187 +809,13 @@ async fn ssrf_probes_make_the_router_fetch_nothing() {
     assert_router_alive(&mut r).await;
 }
 
-/// A tiny HTTP server: `/file` answers 200 with `body`, `/big` 200 with 5000 bytes, `/redirect`
-/// a 302 to `location`, anything else 404; counts requests.
-async fn tiny_server(
-    body: Vec<u8>,
-    location: String,
-) -> (
-    std::net::SocketAddr,
-    Arc<AtomicUsize>,
-    tokio::task::JoinHandle<()>,
-) {
-    use tokio::io::AsyncReadExt as _;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let hits2 = hits.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            hits2.fetch_add(1, Ordering::SeqCst);
-            let body = body.clone();
-            let location = location.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut chunk = [0u8; 1024];
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf);
-                let target = head.split_whitespace().nth(1).unwrap_or("");
-                let body = if target.starts_with("/big") {
-                    vec![b'x'; 5000]
-                } else {
-                    body
-                };
-                let mut resp = if target.starts_with("/file") || target.starts_with("/big") {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n",
-                        body.len()
-                    )
-                    .into_bytes()
-                } else if target.starts_with("/redirect") {
-                    format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n")
-                        .into_bytes()
-                } else {
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n".to_vec()
-                };
-                resp.extend_from_slice(b"Connection: close\r\n\r\n");
-                if target.starts_with("/file") || target.starts_with("/big") {
-                    resp.extend_from_slice(&body);
-                }
-                let _ = s.write_all(&resp).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    (addr, hits, task)
-}
-
 #[tokio::test]
-async fn cdn_uploads_fetch_only_from_allowed_hosts_and_follow_no_redirects() {
-    let (canary, canary_hits, canary_task) = tiny_server(b"canary".to_vec(), String::new()).await;
-    let file = b"\x89PNG from the allowed CDN".to_vec();
-    let (cdn, cdn_hits, cdn_task) =
-        tiny_server(file.clone(), format!("http://{canary}/file")).await;
-    let (m, mut r, _t) = stack_with(&[(
-        "      base64_uploads: true\n",
-        &format!(
-            "      base64_uploads: true\n      cdn_uploads: {{ allow_hosts: [\"{cdn}\"], allow_http: true, max_bytes: 4096 }}\n"
-        ),
-    )]);
-    let mut ws = Ws::connect(&r.ws_url()).await;
-    let upload = |rid: &str, url: &str| json!({"type": "api", "method": "POST", "path": "/api/v1/assets?filename=cdn.png", "request_id": rid, "body": {"_cdn_url": url}});
-
-    // Positive control: the allowed host is fetched and its bytes go to the backend.
-    ws.send(&upload("ok", &format!("http://{cdn}/file"))).await;
-    let v = ws.reply_to("ok").await;
-    assert_eq!(v["status"], 200, "{v}");
-    let posted = mock_recent(&m, "POST", "/api/v1/assets").await;
-    assert_eq!(posted.len(), 1, "{posted:?}");
-    assert_eq!(posted[0]["body_len"], file.len());
-    let cdn_before = cdn_hits.load(Ordering::SeqCst);
-    assert_eq!(cdn_before, 1);
-
-    let c = canary.to_string();
-    let port = canary.port();
-    let refused = [
-        format!("http://{c}/file"),
-        format!("http://{cdn}@{c}/file"),
-        format!("http://user:pw@{c}/file"),
-        format!("http://{c}#@{cdn}/file"),
-        format!("http://{c}/file?from={cdn}"),
-        format!("http://localhost:{port}/file"),
-        format!("http://[::ffff:127.0.0.1]:{port}/file"),
-        format!("http://2130706433:{port}/file"),
-        format!("http://0x7f000001:{port}/file"),
-        format!("http://127.1:{port}/file"),
-        format!("ftp://{cdn}/file"),
-        "file:///etc/passwd".to_owned(),
-        format!("//{c}/file"),
-        "/file".to_owned(),
-        String::new(),
-    ];
-    for (i, url) in refused.iter().enumerate() {
-        let rid = format!("no{i}");
-        ws.send(&upload(&rid, url)).await;
-        let v = ws.reply_to(&rid).await;
-        assert_eq!(v["type"], "api_response", "{url:?} → {v}");
-        assert!(
-            (400..500).contains(&v["status"].as_u64().unwrap()),
-            "{url:?} → {v}"
-        );
-        assert!(
-            v["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{url:?} → {v}"
-        );
-    }
-    for (rid, bad) in [
-        ("type1", json!(5)),
-        ("type2", json!(null)),
-        ("type3", json!([format!("http://{cdn}/file")])),
-    ] {
-        let msg = json!({"type": "api", "method": "POST", "path": "/api/v1/assets?filename=cdn.png", "request_id": rid, "body": {"_cdn_url": bad}});
-        ws.send(&msg).await;
-        let v = ws.reply_to(rid).await;
-        assert!(
-            v["type"] == "error" || (400..500).contains(&v["status"].as_u64().unwrap_or(0)),
-            "{bad} → {v}"
-        );
-    }
-
-    // An allowed host redirecting elsewhere is not followed.
-    ws.send(&upload("redirect", &format!("http://{cdn}/redirect")))
-        .await;
-    let v = ws.reply_to("redirect").await;
-    assert_eq!(v["type"], "api_response", "{v}");
-    assert!(
-        v["status"].as_u64().unwrap() >= 400,
-        "a redirect is a failure, not a fetch: {v}"
-    );
-    // Over the size cap (4096): refused, nothing uploaded.
-    ws.send(&upload("big", &format!("http://{cdn}/big"))).await;
-    let v = ws.reply_to("big").await;
-    assert_eq!(v["type"], "api_response", "{v}");
-    assert_eq!(v["status"], 413, "{v}");
-
-    ws.assert_open().await;
-    assert_eq!(
-        mock_recent(&m, "POST", "/api/v1/assets").await.len(),
-        1,
-        "only the allowed fetch was uploaded"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        canary_hits.load(Ordering::SeqCst),
-        0,
-        "the router fetched from a host not on the allowlist"
-    );
-    assert_eq!(
-        cdn_hits.load(Ordering::SeqCst),
-        cdn_before + 2,
-        "only the redirect and the big file were requested from the allowed host"
-    );
-    canary_task.abort();
-    cdn_task.abort();
-    assert_router_alive(&mut r).await;
-}
-
-#[tokio::test]
-async fn session_hijack_attempts_are_refused_and_never_reach_the_backend() {
+async fn a_session_is_usable_only_by_the_connection_that_opened_it() {
     let (m, mut r) = stack();
     let mut owner = Ws::connect(&r.ws_url()).await;
-    let sid = owner.offer("own-offer").await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = owner.offer_session("own-offer").await;
     let mut thief = Ws::connect(&r.ws_url()).await;
+    let backend_calls = mock_total(&m).await;
 
     // Without a session of its own, a bare candidate has nowhere to go.
     let v = thief
@@ -929,6 +828,7 @@ async fn session_hijack_attempts_are_refused_and_never_reach_the_backend() {
         v,
         json!({"type": "error", "error": "No session ID available for ICE candidate", "request_id": "bare"})
     );
+    // The owner's id, near misses, traversal and unknown ids: candidates and end-of-candidates alike.
     let guesses = [
         sid.clone(),
         sid.to_uppercase(),
@@ -942,15 +842,13 @@ async fn session_hijack_attempts_are_refused_and_never_reach_the_backend() {
         "*".to_owned(),
         "null".to_owned(),
         "0".to_owned(),
+        "nope".to_owned(),
     ];
     for (i, guess) in guesses.iter().enumerate() {
         for cand in [candidate(), Value::Null] {
             let rid = format!("hj{i}-{}", cand.is_null());
             let v = thief
-                .call(
-                    &rid,
-                    json!({"type": "icecandidate", "sessionId": guess, "candidate": cand}),
-                )
+                .call(&rid, icecandidate_for(guess.as_str(), cand))
                 .await;
             assert_eq!(v["type"], "error", "{guess:?} → {v}");
             assert_eq!(v["code"], "SESSION_NOT_OWNED", "{guess:?} → {v}");
@@ -958,43 +856,59 @@ async fn session_hijack_attempts_are_refused_and_never_reach_the_backend() {
         }
     }
     thief.assert_open().await;
+    assert_eq!(
+        mock_total(&m).await,
+        backend_calls,
+        "a refused candidate reached the backend"
+    );
+    assert_eq!(mock_sessions(&m).await[0]["candidates"], json!([]));
+
+    // The owner can.
+    let v = owner
+        .call("own", icecandidate_for(sid.as_str(), candidate()))
+        .await;
+    assert_eq!(
+        v,
+        json!({"type": "icecandidate_ack", "status": "ok", "request_id": "own"})
+    );
+    let patches = || async { mock_recent(&m, "PATCH", "/api/v1/webrtc/offer").await.len() };
+    assert_eq!(patches().await, 1);
 
     // The thief's own session does not make the owner's usable.
-    let own = thief.offer("thief-offer").await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let own = thief.offer_session("thief-offer").await;
     let v = thief
-        .call(
-            "after-own",
-            json!({"type": "icecandidate", "sessionId": sid, "candidate": candidate()}),
-        )
+        .call("after-own", icecandidate_for(sid.as_str(), candidate()))
         .await;
     assert_eq!(v["code"], "SESSION_NOT_OWNED", "{v}");
-    assert!(
-        mock_recent(&m, "PATCH", "/api/v1/webrtc/offer")
-            .await
-            .is_empty()
-    );
+
+    // A connection that tried and left takes nothing with it (its cleanup is done when it logs
+    // `disconnected`): the owner's session lives on and is still the owner's.
+    let mut passer = Ws::connect(&r.ws_url()).await;
+    let v = passer
+        .call("passer", icecandidate_for(sid.as_str(), candidate()))
+        .await;
+    assert_eq!(v["code"], "SESSION_NOT_OWNED", "{v}");
+    let passer_id = passer.connection_id.clone();
+    passer.close().await;
+    r.wait_for_line_with(&[&passer_id, "disconnected"]).await;
+    assert!(mock_deleted(&m).await.is_empty());
+    let v = owner
+        .call("still-mine", icecandidate_for(sid.as_str(), candidate()))
+        .await;
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(patches().await, 2, "only the owner's candidates were sent");
 
     // Once the owner leaves, its session is closed and still not the thief's.
     owner.close().await;
-    eventually("the owner's session is deleted", || async {
+    eventually("the owner's session is deleted", async || {
         mock_deleted(&m).await.contains(&sid).then_some(())
     })
     .await;
     let v = thief
-        .call(
-            "after-leave",
-            json!({"type": "icecandidate", "sessionId": sid, "candidate": candidate()}),
-        )
+        .call("after-leave", icecandidate_for(sid.as_str(), candidate()))
         .await;
     assert_eq!(v["code"], "SESSION_NOT_OWNED", "{v}");
-    assert!(
-        mock_recent(&m, "PATCH", "/api/v1/webrtc/offer")
-            .await
-            .is_empty()
-    );
+    assert_eq!(patches().await, 2);
     assert_eq!(
         mock_deleted(&m).await,
         vec![sid.clone()],

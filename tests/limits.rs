@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,7 +81,7 @@ fn padded_ping(rid: &str, len: usize) -> String {
 
 #[tokio::test]
 async fn frame_over_max_message_bytes_closes_1009_and_one_just_under_passes() {
-    let (_m, r, _t) = stack_with(&[("max_message_bytes: 134217728", "max_message_bytes: 4096")]);
+    let (_m, r, _t) = stack_with(&[("max_message_bytes: 67108864", "max_message_bytes: 4096")]);
     let mut ws = Ws::connect(&r.ws_url()).await;
     ws.send_text(&padded_ping("under", 4095)).await;
     assert_eq!(
@@ -141,10 +140,10 @@ async fn max_in_flight_refuses_the_third_and_completes_the_others() {
     assert_eq!(third["code"], "TOO_MANY_IN_FLIGHT", "{third}");
     assert_eq!(third["request_id"], "s3");
     for rid in ["s1", "s2"] {
-        let v = ws.reply_to(rid).await;
-        assert_eq!(v["type"], "api_response", "{v}");
-        assert_eq!(v["status"], 200, "{v}");
-        assert_eq!(v["data"]["slept_ms"], 1500, "{v}");
+        assert_eq!(
+            ws.reply_to(rid).await,
+            json!({"type": "api_response", "status": 200, "data": {"slept_ms": 1500}, "request_id": rid})
+        );
     }
     // The slots are free again.
     let v = ws.call("s4", api("GET", "/api/v1/mock/slow?ms=10")).await;
@@ -534,249 +533,4 @@ async fn http_auth_asks_the_authorizer_and_denies_when_it_refuses_or_is_down() {
 
     // The admitted connection was never disturbed.
     ok.assert_open().await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Session ownership
-
-#[tokio::test]
-async fn a_connection_cannot_use_another_connections_session() {
-    let (m, r) = stack();
-    let mut a = Ws::connect(&r.ws_url()).await;
-    let mut b = Ws::connect(&r.ws_url()).await;
-    let sid = a.offer("offer-a").await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-
-    for (rid, cand) in [("h1", candidate()), ("h2", Value::Null)] {
-        let v = b
-            .call(
-                rid,
-                json!({"type": "icecandidate", "sessionId": sid, "candidate": cand}),
-            )
-            .await;
-        assert_eq!(v["type"], "error", "{v}");
-        assert_eq!(v["code"], "SESSION_NOT_OWNED", "{v}");
-        assert_eq!(v["request_id"], rid, "{v}");
-    }
-    b.assert_open().await;
-    assert!(
-        mock_recent(&m, "PATCH", "/api/v1/webrtc/offer")
-            .await
-            .is_empty()
-    );
-    assert_eq!(mock_sessions(&m).await[0]["candidates"], json!([]));
-
-    // The owner can.
-    let v = a
-        .call(
-            "own",
-            json!({"type": "icecandidate", "sessionId": sid, "candidate": candidate()}),
-        )
-        .await;
-    assert_eq!(
-        v,
-        json!({"type": "icecandidate_ack", "status": "ok", "request_id": "own"})
-    );
-    assert_eq!(
-        mock_recent(&m, "PATCH", "/api/v1/webrtc/offer").await.len(),
-        1
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Per-user cleanup
-
-fn cleanup_routes(dir: &Path, port: u16, assets: &Path) -> std::path::PathBuf {
-    let cmd = serde_json::to_string(&mock_command(port, &["--quiet"])).unwrap();
-    let text = format!(
-        r#"version: 1
-schemas: {schemas:?}
-backend:
-  url: http://127.0.0.1:{port}
-  command: {cmd}
-  env: {{ DAYDREAM_SCOPE_ASSETS_DIR: {assets:?} }}
-  health: {{ path: /health, interval: 200ms, timeout: 1s, startup_timeout: 60s, failure_threshold: 2 }}
-connection:
-  on_connect: {{ type: ready, connection_id: "${{connection.id}}" }}
-  on_disconnect:
-    - signaling: close_sessions
-    - clear_dir: $DAYDREAM_SCOPE_ASSETS_DIR
-routes:
-  ping: {{ schema: ping.json, reply: {{ type: pong }} }}
-  offer: {{ schema: offer.json, signaling: {{ action: offer }} }}
-  icecandidate: {{ schema: icecandidate.json, signaling: {{ action: icecandidate }} }}
-  api:
-    schema: api.json
-    forward:
-      from_message: true
-      reply: {{ type: api_response, status: "${{response.status}}", data: "${{response.json}}" }}
-      on_error: {{ type: api_response, status: "${{error.status}}", error: "${{error.message}}", code: "${{error.code}}" }}
-"#,
-        schemas = repo().join("schemas").display().to_string(),
-        assets = assets.display().to_string(),
-    );
-    let p = dir.join("routes.yaml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-async fn upload(ws: &mut Ws, rid: &str, name: &str, bytes: &[u8]) {
-    let v = ws
-        .call(
-            rid,
-            json!({
-                "type": "api", "method": "POST", "path": format!("/api/v1/assets?filename={name}"),
-                "body": {"_base64_content": b64(bytes), "_content_type": "image/png"},
-            }),
-        )
-        .await;
-    assert_eq!(v["status"], 200, "upload failed: {v}");
-}
-
-#[tokio::test]
-async fn disconnect_closes_sessions_and_empties_the_assets_dir_before_the_next_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let assets = dir.path().join("assets");
-    let port = free_port();
-    let routes = cleanup_routes(dir.path(), port, &assets);
-    let r = router_supervising(&routes, &[]);
-    wait_backend_ready(&r).await;
-    let backend = format!("http://127.0.0.1:{port}");
-
-    // User 1 opens a session and uploads a file.
-    let mut a = Ws::connect(&r.ws_url()).await;
-    let sid = a.offer("o1").await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    upload(&mut a, "up1", "a.png", b"\x89PNG user one").await;
-    assert_eq!(
-        std::fs::read(assets.join("a.png")).unwrap(),
-        b"\x89PNG user one"
-    );
-
-    // User 1 leaves; user 2 connects at once and must not see user 1's files.
-    a.close().await;
-    let mut b = Ws::connect(&r.ws_url()).await;
-    assert!(assets.is_dir(), "the directory itself stays");
-    assert_eq!(
-        entries(&assets),
-        Vec::<String>::new(),
-        "ready arrived before the directory was emptied"
-    );
-    let (_, deleted) = get_json(&format!("{backend}/_mock/deleted")).await;
-    assert!(
-        deleted["deleted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d == sid.as_str()),
-        "session {sid} must be DELETEd: {deleted}"
-    );
-    b.assert_open().await;
-
-    // Two tabs of one user: closing one keeps the files.
-    let mut c = Ws::connect(&r.ws_url()).await;
-    upload(&mut b, "up2", "b.png", b"\x89PNG user two").await;
-    let b_id = b.connection_id.clone();
-    b.close().await;
-    r.wait_for_line_with(&[&b_id, "disconnected"]).await;
-    assert_eq!(
-        entries(&assets),
-        vec!["b.png".to_owned()],
-        "another connection is still open"
-    );
-    c.assert_open().await;
-
-    // The last one leaving empties it.
-    c.close().await;
-    eventually(
-        "the assets dir is emptied after the last connection",
-        || async { entries(&assets).is_empty().then_some(()) },
-    )
-    .await;
-    assert!(assets.is_dir());
-}
-
-// ---------------------------------------------------------------------------------------------
-// Path safety
-
-#[tokio::test]
-async fn unsafe_api_paths_are_refused_without_a_backend_request() {
-    let (m, r) = stack();
-    let mut ws = Ws::connect(&r.ws_url()).await;
-    let mock_host = m.addr.to_string();
-    let paths = [
-        "/api/v1/assets/../../../etc/passwd".to_owned(),
-        "/api/../../etc/passwd".to_owned(),
-        "/api/v1/assets/%2e%2e/%2e%2e/%2e%2e/_mock/exit".to_owned(),
-        "/api/v1/assets/%2E%2e/internal/secret".to_owned(),
-        "/api/v1/assets/%2e%2E/%2E%2E/%2e%2e/%2e%2e/etc/passwd".to_owned(),
-        "/api/v1/assets/..%2f..%2f..%2f_mock/exit".to_owned(),
-        "/api/v1/assets/..%2finternal/secret".to_owned(),
-        "/api//v1//internal//secret".to_owned(),
-        "//api/v1/pipeline/status".to_owned(),
-        format!("//{mock_host}/api/v1/pipeline/status"),
-        "//evil.example/api/v1/pipeline/status".to_owned(),
-        "/api/v1/assets\\..\\..\\internal\\secret".to_owned(),
-        "/api/v1/assets%5c..%5c..%5cinternal".to_owned(),
-        "/api/v1/assets%5C..%5Cinternal".to_owned(),
-        "/api/v1/pipeline/status%0d%0aHost:%20evil".to_owned(),
-        "/api/v1/pipeline/status%0aX-Injected:%201".to_owned(),
-        "/api/v1/pipeline/status\r\nX-Injected: 1".to_owned(),
-        "/api/v1/pipeline/status%00".to_owned(),
-        "/api/v1/pipeline/status\u{0}.json".to_owned(),
-        format!("http://{mock_host}/api/v1/pipeline/status"),
-        "https://evil.example/api/v1/pipeline/status".to_owned(),
-        "/api/v1/assets/%ff%fe".to_owned(),
-    ];
-    for (i, path) in paths.iter().enumerate() {
-        let rid = format!("path{i}");
-        // POST: a probe that reached `/_mock/exit` would stop the mock (checked at the end).
-        let v = ws.call(&rid, api("POST", path)).await;
-        assert_eq!(v["request_id"], rid.as_str(), "{path:?} → {v}");
-        match v["type"].as_str() {
-            Some("api_response") => {
-                let s = v["status"].as_u64().expect("status");
-                assert!((400..500).contains(&s), "{path:?} → {v}");
-                assert!(
-                    v["error"].as_str().is_some_and(|e| !e.is_empty()),
-                    "{path:?} → {v}"
-                );
-                assert!(v.get("data").is_none(), "{path:?} → {v}");
-            }
-            Some("error") => assert_eq!(v["code"], "VALIDATION_FAILED", "{path:?} → {v}"),
-            _ => panic!("{path:?} → unexpected reply {v}"),
-        }
-        assert_eq!(
-            mock_total(&m).await,
-            0,
-            "{path:?} reached the backend: {}",
-            mock_stats(&m).await
-        );
-    }
-    // The deny list sees the normalized path.
-    let v = ws
-        .call("deny", api("GET", "/api/v1/assets/../internal/secret"))
-        .await;
-    assert_eq!(v["type"], "api_response", "{v}");
-    assert_eq!(v["status"], 403, "{v}");
-    assert_eq!(v["request_id"], "deny");
-    ws.assert_open().await;
-    let stats = mock_stats(&m).await;
-    assert_eq!(stats["total"], 0, "nothing may reach the backend: {stats}");
-    assert!(mock_recent(&m, "GET", "/api/v1/internal").await.is_empty());
-    let (code, _) = get_json(&format!("{}/health", m.http())).await;
-    assert_eq!(code, 200, "the mock is alive (no /_mock/exit got through)");
 }

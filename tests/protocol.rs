@@ -62,18 +62,30 @@ async fn auth_token_query_parameter_is_accepted() {
 }
 
 #[tokio::test]
-async fn ping_echoes_string_number_and_object_request_ids_unchanged() {
+async fn request_ids_of_every_json_type_come_back_unchanged() {
     let (_m, r) = stack();
     let mut ws = Ws::connect(&r.ws_url()).await;
     for rid in [
         json!("str-1"),
+        json!(""),
         json!(42),
         json!(1.5),
+        json!(true),
+        json!(null),
+        json!([]),
+        json!(["x"]),
+        json!({}),
         json!({"a": [1, "two", null], "b": {"c": true}}),
-        json!(""),
     ] {
+        // Answered locally...
         let pong = ws.call_with_id(rid.clone(), json!({"type": "ping"})).await;
         assert_eq!(pong, json!({"type": "pong", "request_id": rid}));
+        // ...and after a backend round trip.
+        let v = ws
+            .call_with_id(rid.clone(), json!({"type": "get_ice_servers"}))
+            .await;
+        assert_eq!(v["type"], "ice_servers", "{v}");
+        assert_eq!(v["request_id"], rid, "{v}");
     }
 }
 
@@ -179,13 +191,24 @@ async fn icecandidate_uses_the_remembered_session() {
         json!({"type": "icecandidate_ack", "status": "ok", "request_id": "c1"})
     );
 
+    // `"sessionId": null` means the same: this connection's latest session.
+    let ack = ws
+        .call("c2", icecandidate_for(Value::Null, cand.clone()))
+        .await;
+    assert_eq!(
+        ack,
+        json!({"type": "icecandidate_ack", "status": "ok", "request_id": "c2"})
+    );
+
     let patches = mock_recent(&m, "PATCH", "/api/v1/webrtc/offer/").await;
-    assert_eq!(patches.len(), 1);
-    assert_eq!(patches[0]["path"], format!("/api/v1/webrtc/offer/{sid}"));
-    assert_eq!(patches[0]["body_json"], json!({"candidates": [cand]}));
+    assert_eq!(patches.len(), 2);
+    for p in &patches {
+        assert_eq!(p["path"], format!("/api/v1/webrtc/offer/{sid}"));
+        assert_eq!(p["body_json"], json!({"candidates": [cand]}));
+    }
     let sessions = mock_sessions(&m).await;
     assert_eq!(sessions[0]["id"], sid.as_str());
-    assert_eq!(sessions[0]["candidates"], json!([cand]));
+    assert_eq!(sessions[0]["candidates"], json!([cand, cand]));
 }
 
 #[tokio::test]
@@ -833,36 +856,93 @@ async fn connections_are_independent() {
     assert_eq!(v["data"]["slept_ms"], 1000);
 }
 
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn upload(ws: &mut Ws, rid: &str, name: &str, bytes: &[u8]) {
+    let v = ws
+        .call(
+            rid,
+            json!({
+                "type": "api", "method": "POST", "path": format!("/api/v1/assets?filename={name}"),
+                "body": {"_base64_content": b64(bytes), "_content_type": "image/png"},
+            }),
+        )
+        .await;
+    assert_eq!(v["status"], 200, "upload failed: {v}");
+}
+
 #[tokio::test]
-async fn disconnect_empties_the_assets_dir_before_the_next_ready() {
-    // PROTOCOL.md, "What happens on disconnect": the assets directory (DAYDREAM_SCOPE_ASSETS_DIR) is
-    // emptied on disconnect, and the next connection's `ready` is held back until that is done.
-    let assets = tempfile::tempdir().expect("tempdir");
-    let dir = assets.path().join("assets");
+async fn disconnect_closes_sessions_and_empties_the_assets_dir_before_the_next_ready() {
+    // PROTOCOL.md, "What happens on disconnect": a connection's sessions are closed; when the last
+    // connection leaves, the assets directory (DAYDREAM_SCOPE_ASSETS_DIR) is emptied, and the next
+    // connection's `ready` is held back until that is done.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let assets = tmp.path().join("assets");
     let routes = default_routes_with(&[(
         "DAYDREAM_SCOPE_ASSETS_DIR: /tmp/daydream-scope/assets",
-        &format!("DAYDREAM_SCOPE_ASSETS_DIR: {:?}", dir.display().to_string()),
+        &format!(
+            "DAYDREAM_SCOPE_ASSETS_DIR: {:?}",
+            assets.display().to_string()
+        ),
     )]);
-    let m = mock_env(&[], &[("DAYDREAM_SCOPE_ASSETS_DIR", dir.to_str().unwrap())]);
+    let m = mock_env(
+        &[],
+        &[("DAYDREAM_SCOPE_ASSETS_DIR", assets.to_str().unwrap())],
+    );
     let r = router(&routes.path, &m.http(), &[]);
 
+    // User 1 opens a session and uploads a file.
     let mut a = Ws::connect(&r.ws_url()).await;
-    let up = json!({
-        "type": "api", "method": "POST", "path": "/api/v1/assets?filename=private.png",
-        "body": {"_base64_content": b64(b"user A's picture"), "_content_type": "image/png"},
-    });
-    let v = a.call("up", up).await;
-    assert_eq!(v["status"], 200, "{v}");
-    assert!(dir.join("private.png").exists(), "the mock wrote the asset");
-    a.close().await;
-    r.wait_for_line("disconnected").await;
-
-    let _b = Ws::connect(&r.ws_url()).await;
-    let left: Vec<_> = std::fs::read_dir(&dir)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        left.is_empty(),
-        "the previous user's files are visible to the next connection: {left:?}"
+    let sid = a.offer_session("o1").await;
+    upload(&mut a, "up1", "a.png", b"\x89PNG user one").await;
+    assert_eq!(
+        std::fs::read(assets.join("a.png")).unwrap(),
+        b"\x89PNG user one",
+        "the mock wrote the asset"
     );
+
+    // User 1 leaves; user 2 connects at once and must not see user 1's files.
+    a.close().await;
+    let mut b = Ws::connect(&r.ws_url()).await;
+    assert!(assets.is_dir(), "the directory itself stays");
+    assert_eq!(
+        entries(&assets),
+        Vec::<String>::new(),
+        "ready arrived before the directory was emptied"
+    );
+    let deleted = mock_deleted(&m).await;
+    assert!(
+        deleted.contains(&sid),
+        "session {sid} must be DELETEd: {deleted:?}"
+    );
+    b.assert_open().await;
+
+    // Two tabs of one user: closing one keeps the files.
+    let mut c = Ws::connect(&r.ws_url()).await;
+    upload(&mut b, "up2", "b.png", b"\x89PNG user two").await;
+    let b_id = b.connection_id.clone();
+    b.close().await;
+    r.wait_for_line_with(&[&b_id, "disconnected"]).await;
+    assert_eq!(
+        entries(&assets),
+        vec!["b.png".to_owned()],
+        "another connection is still open"
+    );
+    c.assert_open().await;
+
+    // The last one leaving empties it.
+    c.close().await;
+    eventually(
+        "the assets dir is emptied after the last connection",
+        async || entries(&assets).is_empty().then_some(()),
+    )
+    .await;
+    assert!(assets.is_dir());
 }
