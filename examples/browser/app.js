@@ -1,5 +1,6 @@
 // app.js: the example page's logic: camera → RTCPeerConnection → Scope (signaled over scope-router's WebSocket) → returned video;
-// and "Upload a file": POST /api/v1/assets?filename=<name> through the socket (chunked and resumable when large).
+// and "Upload a file": POST /api/v1/assets?filename=<name> through the socket (chunked and resumable when large),
+// with a progress bar, the percentage acknowledged and the speed in MB/s.
 //
 // Query parameters:
 //   ?ws=ws://host:port/ws   router WebSocket (default: this page's host, path /ws)
@@ -33,6 +34,7 @@ const ui = {
   uploadFile: $("upload-file"),
   uploadStart: $("upload-start"),
   uploadProgress: $("upload-progress"),
+  uploadStats: $("upload-stats"),
   uploadResult: $("upload-result"),
 };
 
@@ -317,7 +319,10 @@ async function inboundVideoStats(pc = stream?.pc) {
   return null;
 }
 
-/** Uploads the chosen file as an asset and shows the backend's answer (status, sha256, size). */
+/**
+ * Uploads the chosen file as an asset: a progress bar with the percentage acknowledged and the speed
+ * while it goes (the average once done), then the backend's answer (status, sha256, size).
+ */
 async function uploadSelectedFile() {
   const file = ui.uploadFile.files?.[0];
   if (!file || uploading) return;
@@ -328,15 +333,30 @@ async function uploadSelectedFile() {
     result.dataset.state = state;
     result.textContent = text;
   };
+  const stats = ui.uploadStats;
   ui.uploadProgress.hidden = false;
   ui.uploadProgress.value = 0;
+  stats.hidden = false;
+  stats.textContent = "";
   for (const k of ["status", "sha256", "size"]) delete result.dataset[k];
+  let average = null;
   try {
     const reply = await client.uploadFile(`/api/v1/assets?filename=${encodeURIComponent(file.name)}`, file, {
       contentType: file.type || undefined,
-      onProgress: ({ phase, loaded, total, resumes }) => {
-        ui.uploadProgress.value = total ? loaded / total : 1;
-        const pct = total ? Math.floor((100 * loaded) / total) : 100;
+      onProgress: ({ phase, loaded, total, resumes, bytesPerSecond }) => {
+        const fraction = total ? loaded / total : 1;
+        const pct = Math.floor(100 * fraction);
+        ui.uploadProgress.value = fraction;
+        if (phase === "finishing" || phase === "done") average = bytesPerSecond ?? average;
+        const speed =
+          phase === "uploading"
+            ? formatRate(bytesPerSecond)
+            : phase === "hashing"
+              ? "hashing…"
+              : phase === "resuming"
+                ? "reconnecting…"
+                : formatRate(average, "average");
+        stats.textContent = `${pct} % · ${speed}`;
         const resumed = resumes ? `, resumed ${resumes}×` : "";
         show("busy", `${phase} ${file.name}: ${pct}% of ${total.toLocaleString()} bytes${resumed}`);
       },
@@ -346,15 +366,25 @@ async function uploadSelectedFile() {
     result.dataset.status = String(reply.status);
     result.dataset.sha256 = data.sha256 ?? "";
     result.dataset.size = String(size);
+    ui.uploadProgress.value = 1;
+    stats.textContent = `100 % · ${formatRate(average, "average")}`;
     show("done", `${file.name}: status ${reply.status} · sha256 ${data.sha256 ?? "(not reported)"} · ${size.toLocaleString()} bytes`);
   } catch (e) {
     if (e.status) result.dataset.status = String(e.status);
     show("failed", `Upload of ${file.name} failed: ${e.message ?? e}`);
   } finally {
+    // The bar stays, showing where the upload ended, until the next one.
     uploading = false;
-    ui.uploadProgress.hidden = true;
     updateButtons();
   }
+}
+
+/** Bytes per second as "12.3 MB/s" (decimal megabytes), with an optional word before it; "… MB/s" while unknown. */
+function formatRate(bytesPerSecond, label = "") {
+  const prefix = label ? `${label} ` : "";
+  if (typeof bytesPerSecond !== "number" || !Number.isFinite(bytesPerSecond)) return `${prefix}… MB/s`;
+  const mb = bytesPerSecond / 1e6;
+  return `${prefix}${mb >= 100 ? mb.toFixed(0) : mb.toFixed(1)} MB/s`;
 }
 
 function updateButtons() {

@@ -223,8 +223,11 @@ export class ScopeClient extends EventTarget {
    * reconnect and resumes where the router says it got to (`upload_status`); it gives up after
    * `resumeAttempts` reconnect attempts, or when the client is closed.
    *
-   * `onProgress({ phase, loaded, total, sha256, uploadId, resumes })` is called as chunks are
-   * acknowledged; phase is "hashing", "uploading", "resuming", "finishing" or "done".
+   * `onProgress({ phase, loaded, total, sha256, uploadId, resumes, bytesPerSecond })` is called as
+   * chunks are acknowledged; phase is "hashing", "uploading", "resuming", "finishing" or "done".
+   * `loaded` counts acknowledged bytes. `bytesPerSecond` is the speed while "uploading" (over the
+   * last few seconds of acknowledgements) and, at "finishing" and "done", the average over the time
+   * spent sending (waits for a reconnect left out); null until it can be told.
    */
   async uploadFile(
     path,
@@ -264,7 +267,9 @@ export class ScopeClient extends EventTarget {
       resumes: 0,
       epoch: 0, // bumped on every (re)send pass; late results of an older pass are ignored
     };
-    const report = (phase, loaded) =>
+    const speed = transferRate();
+    const report = (phase, loaded) => {
+      const bytesPerSecond = speed.sample(phase, loaded);
       callSafely(onProgress, {
         phase,
         loaded,
@@ -272,7 +277,9 @@ export class ScopeClient extends EventTarget {
         sha256: u.sha256,
         uploadId: u.id,
         resumes: u.resumes,
+        bytesPerSecond,
       });
+    };
 
     report("hashing", 0);
     let whole = await source.read(0, source.size);
@@ -1101,6 +1108,46 @@ function throwIfFailed(method, path, reply) {
       code: reply.code ?? null,
     });
   }
+}
+
+/**
+ * The speed of a transfer from its progress reports (`sample(phase, loaded)` returns bytes per second,
+ * or null): while "uploading", over the last `windowMs` of samples; at "finishing" and "done", the
+ * average over every stretch of "uploading" (so the time spent waiting to resume is not counted).
+ */
+function transferRate(windowMs = 3000) {
+  const now = () => globalThis.performance?.now?.() ?? Date.now();
+  let samples = []; // [time, loaded] of the current stretch, oldest first
+  let stretch = null; // { from, t0, loaded, t } while "uploading"
+  let sentBytes = 0;
+  let sentMs = 0;
+  return {
+    sample(phase, loaded) {
+      const t = now();
+      if (phase === "uploading") {
+        if (!stretch) stretch = { from: loaded, t0: t, loaded, t };
+        stretch.loaded = loaded;
+        stretch.t = t;
+        samples.push([t, loaded]);
+        while (samples.length > 2 && t - samples[1][0] >= windowMs) samples.shift();
+        const [t0, l0] = samples[0];
+        return t > t0 ? ((loaded - l0) * 1000) / (t - t0) : null;
+      }
+      if (stretch) {
+        // A stretch ends: at the finish everything was sent (a single-message upload is one reply away).
+        if (phase === "finishing" || phase === "done") {
+          stretch.loaded = loaded;
+          stretch.t = t;
+        }
+        sentBytes += stretch.loaded - stretch.from;
+        sentMs += stretch.t - stretch.t0;
+        stretch = null;
+        samples = [];
+      }
+      if ((phase === "finishing" || phase === "done") && sentMs > 0) return (sentBytes * 1000) / sentMs;
+      return null;
+    },
+  };
 }
 
 /** Calls a user callback; its exceptions surface asynchronously instead of aborting a transfer. */
