@@ -191,24 +191,15 @@ async fn rate_limit_answers_the_burst_then_rate_limited_and_recovers() {
         ws.stash
     );
     // Still open, and the bucket refills.
-    let ws = Arc::new(tokio::sync::Mutex::new(ws));
-    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    eventually("a ping passes after the refill", || {
-        let (ws, n) = (ws.clone(), n.clone());
-        async move {
-            let rid = format!(
-                "later{}",
-                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            );
-            let v = ws.lock().await.call(&rid, json!({"type": "ping"})).await;
-            match v["type"].as_str() {
-                Some("pong") => Some(()),
-                _ => {
-                    assert_eq!(v["code"], "RATE_LIMITED", "{v}");
-                    None
-                }
-            }
+    let mut n = 0;
+    eventually("a ping passes after the refill", async || {
+        n += 1;
+        let v = ws.call(&format!("later{n}"), json!({"type": "ping"})).await;
+        if v["type"] == "pong" {
+            return Some(());
         }
+        assert_eq!(v["code"], "RATE_LIMITED", "{v}");
+        None
     })
     .await;
 }
@@ -234,6 +225,8 @@ async fn idle_timeout_closes_a_silent_client_but_not_a_pinging_one() {
                 busy.call(&rid, json!({"type": "ping"})).await,
                 json!({"type": "pong", "request_id": rid})
             );
+            // The client's own pace: a message every 300 ms, well inside the 1 s idle timeout,
+            // for 2.4 s in all (past the silent client's timeout).
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     };
@@ -274,7 +267,8 @@ async fn keepalive_keeps_an_answering_client_and_drops_a_silent_one() {
     // Completes the handshake by hand, reads `ready`, then never reads or answers again.
     let (_deaf, deaf_id) = RawWs::connect(r.addr).await;
     let mut ws = Ws::connect(&r.ws_url()).await;
-    // Polling the stream makes tungstenite answer the router's pings; nothing else is sent.
+    // Polling the stream makes tungstenite answer the router's pings; nothing else is sent. The
+    // test watches for a fixed 1.5 s (five keepalive intervals) and counts what arrives.
     let mut pings = 0;
     let until = tokio::time::Instant::now() + Duration::from_millis(1500);
     while let Ok(m) = tokio::time::timeout_at(until, ws.inner.next()).await {

@@ -66,19 +66,19 @@ async fn ping_variant(ws: &mut Ws, rid: &str) -> Value {
     ws.call(rid, json!({"type": "ping"})).await["variant"].clone()
 }
 
-/// Pings until the reply carries `want`; fails the test after [`WAIT`].
+/// Pings until the reply carries `want`. Every 2 ms: the reload latency the README quotes is
+/// measured through this wait.
 async fn until_variant(ws: &mut Ws, want: &str, tag: &str) {
-    let deadline = Instant::now() + WAIT;
-    for k in 0.. {
-        if ping_variant(ws, &format!("{tag}-{k}")).await == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{tag}: variant {want} never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let mut k = 0;
+    eventually_every(
+        Duration::from_millis(2),
+        format_args!("{tag}: variant {want} answered"),
+        async || {
+            k += 1;
+            (ping_variant(ws, &format!("{tag}-{k}")).await == want).then_some(())
+        },
+    )
+    .await;
 }
 
 async fn admin(r: &Proc) -> Value {
@@ -115,10 +115,8 @@ async fn hundred_rewrites_under_load_lose_nothing() {
     let mut probe = Ws::connect(&url).await;
     // A baseline of the workers' rate with no reloads, for the throughput figure below.
     let base_from = (Instant::now(), answered.load(Ordering::Relaxed));
-    eventually("a baseline second", || async {
-        (base_from.0.elapsed() >= Duration::from_secs(1)).then_some(())
-    })
-    .await;
+    // The baseline window: one second of pings before any rewrite.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline = (answered.load(Ordering::Relaxed) - base_from.1) as f64
         / base_from.0.elapsed().as_secs_f64();
     let during_from = (Instant::now(), answered.load(Ordering::Relaxed));
@@ -288,17 +286,16 @@ async fn a_new_route_and_its_schema_go_live_together() {
         "examples": [{"type": "greet", "name": "ada"}]
     });
     std::fs::write(f.schemas.join("greet.json"), schema.to_string()).unwrap();
-    let deadline = Instant::now() + WAIT;
-    let reply = loop {
+    let reply = eventually("the new route to go live", async || {
         let v = ws.call("g1", json!({"type": "greet", "name": "ada"})).await;
         if v["type"] == "greeting" {
-            break v;
+            return Some(v);
         }
         // Before the swap the route must not exist at all: never a reply without validation.
         assert_eq!(v["error"], "Unknown message type: greet", "{v}");
-        assert!(Instant::now() < deadline, "the new route never went live");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+        None
+    })
+    .await;
     assert_eq!(reply["text"], "hi ada");
     let bad = ws.call("g-bad", json!({"type": "greet"})).await;
     assert_eq!(bad["type"], "error");

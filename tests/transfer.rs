@@ -262,8 +262,9 @@ async fn an_interrupted_upload_resumes_on_a_new_connection() {
 
 /// The first connection's disconnect may not be processed yet: wait until the upload is detached.
 async fn eventually_status(ws: &mut Ws, id: &Value) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    for k in 0.. {
+    let mut k = 0;
+    eventually("the upload to be detached", async || {
+        k += 1;
         let v = ws
             .call(
                 &format!("st{k}"),
@@ -271,16 +272,12 @@ async fn eventually_status(ws: &mut Ws, id: &Value) -> Value {
             )
             .await;
         if v["type"] == "upload_progress" {
-            return v;
+            return Some(v);
         }
         assert_eq!(v["code"], "UPLOAD_NOT_OWNED", "{v}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upload never detached"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    unreachable!()
+        None
+    })
+    .await
 }
 
 #[tokio::test]
