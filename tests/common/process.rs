@@ -97,6 +97,8 @@ pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// The process's own `TMPDIR` (routers get one), removed after the process is stopped.
+    pub tmp: Option<tempfile::TempDir>,
 }
 
 impl Drop for Proc {
@@ -167,7 +169,12 @@ impl Proc {
                 );
             }
         };
-        Proc { child, addr, lines }
+        Proc {
+            child,
+            addr,
+            lines,
+            tmp: None,
+        }
     }
 
     pub fn output(&self) -> String {
@@ -270,12 +277,23 @@ fn serve(routes: &Path) -> Command {
     cmd
 }
 
+/// Starts a router command with a `TMPDIR` of its own: what it keeps in the system temp dir by
+/// default (uploads being assembled, which a starting router sweeps) is not shared with the other
+/// routers of tests running in parallel.
+fn start_router(mut cmd: Command) -> Proc {
+    let tmp = tempfile::tempdir().expect("the router's TMPDIR");
+    cmd.env("TMPDIR", tmp.path());
+    let mut p = Proc::start(cmd, "scope-router listening on");
+    p.tmp = Some(tmp);
+    p
+}
+
 /// Starts the router on a free port in front of `backend` (unsupervised), with `routes`.
 pub fn router(routes: &Path, backend: &str, extra: &[&str]) -> Proc {
     let mut cmd = serve(routes);
     cmd.args(["--backend-url", backend, "--no-supervise"])
         .args(extra);
-    Proc::start(cmd, "scope-router listening on")
+    start_router(cmd)
 }
 
 /// Starts the router (unsupervised, in front of `backend`) with extra environment variables.
@@ -283,14 +301,14 @@ pub fn router_env(routes: &Path, backend: &str, envs: &[(&str, &str)]) -> Proc {
     let mut cmd = serve(routes);
     cmd.args(["--backend-url", backend, "--no-supervise"])
         .envs(envs.iter().copied());
-    Proc::start(cmd, "scope-router listening on")
+    start_router(cmd)
 }
 
 /// Starts the router supervising the backend its routes file names, with extra environment variables.
 pub fn router_supervising(routes: &Path, envs: &[(&str, &str)]) -> Proc {
     let mut cmd = serve(routes);
     cmd.envs(envs.iter().copied());
-    Proc::start(cmd, "scope-router listening on")
+    start_router(cmd)
 }
 
 /// The router's `/readyz`: status and body.
