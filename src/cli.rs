@@ -355,7 +355,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let app = server::app(state.clone());
     let stop_state = state.clone();
-    server::serve(listener, app, async move {
+    let (header_timeout, max_handshakes) = {
+        let snap = control.snapshot.current();
+        (snap.policy.header_timeout, snap.policy.max_handshakes)
+    };
+    server::serve(listener, app, header_timeout, max_handshakes, async move {
         shutdown_signal().await;
         tracing::info!("stopping: no new connections; closing clients with 1001");
         stop_state.shutdown.send_replace(true);

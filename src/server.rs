@@ -75,9 +75,22 @@ async fn ws(
     State(state): State<Arc<Listener>>,
     RawQuery(query): RawQuery,
     headers: axum::http::HeaderMap,
+    permit: Option<axum::Extension<HandshakePermit>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let max = state.sessions.snapshot.load().policy.max_message_bytes;
+    let (max, origin_ok) = {
+        let snap = state.sessions.snapshot.load();
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        (
+            snap.policy.max_message_bytes,
+            snap.policy.origin_allowed(origin, host),
+        )
+    };
+    if !origin_ok {
+        tracing::warn!("refused: origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     let shutdown = state.shutdown.subscribe();
     if *shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
@@ -95,6 +108,7 @@ async fn ws(
                 .and_then(|v| v.to_str().ok());
             let upgrade = session::Upgrade {
                 token: crate::policy::auth::token_from(query.as_deref(), authorization),
+                handshake: permit.map(|p| p.0),
             };
             let conn = ConnHandle::with_token(ConnHandle::new_id(), upgrade.token.as_deref());
             session::serve(socket, state.sessions.clone(), conn, upgrade, shutdown)
@@ -192,21 +206,84 @@ pub fn describe_metrics() {
     }
 }
 
-/// Serves `app` on `listener` until `stop` resolves. Accepted sockets get `TCP_NODELAY`:
-/// a reply and a pushed message are separate small writes, and with Nagle's algorithm the
-/// second waits for the client's delayed ACK (about 40 ms).
+/// A handshake's place among `max_handshakes`: held from accept until the upgrade and the
+/// token check are done (it travels into the session in the request's extensions).
+#[derive(Clone)]
+pub struct HandshakePermit {
+    _held: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Serves `app` on `listener` until `stop` resolves.
+///
+/// Each accepted socket gets `TCP_NODELAY` (a reply and a pushed message are separate
+/// small writes; with Nagle's algorithm the second waits for the client's delayed ACK,
+/// about 40 ms) and a permit among `max_handshakes`; a connection that does not send its
+/// request head within `header_timeout` is dropped. Over the cap a client gets a plain 503.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    header_timeout: std::time::Duration,
+    max_handshakes: usize,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let (stopping, stopped) = watch::channel(false);
+    let tasks = tokio_util::task::TaskTracker::new();
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(limit = max_handshakes, "refused: too many handshakes in progress");
+            metrics::counter!("scope_router_handshakes_refused_total").increment(1);
+            let _ = tcp.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            continue;
+        };
+        let permit = HandshakePermit {
+            _held: Arc::new(permit),
+        };
+        let service =
+            hyper_util::service::TowerToHyperService::new(app.clone().layer(axum::Extension(permit)));
+        let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = async { let _ = stopped.wait_for(|s| *s).await; } => {
+                    // An exchange in progress finishes; an idle keep-alive closes.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // Open HTTP exchanges finish; upgraded sockets are the sessions' to close.
+    let _ = stopping.send(true);
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
 }

@@ -139,6 +139,16 @@ async fn partial_uploads_left_by_a_killed_router_are_removed_at_startup() {
     let uploads = tempfile::tempdir().unwrap();
     let orphan = uploads.path().join("0123456789abcdef0123456789abcdef.part");
     std::fs::write(&orphan, vec![0u8; 4096]).unwrap();
+    // Older than any upload may sit idle; a fresh one (another router's) must stay.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&orphan)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let live = uploads.path().join("fedcba9876543210fedcba9876543210.part");
+    std::fs::write(&live, vec![0u8; 16]).unwrap();
     let keep = uploads.path().join("notes.txt");
     std::fs::write(&keep, "not ours").unwrap();
     let dir = uploads.path().display().to_string();
@@ -146,4 +156,5 @@ async fn partial_uploads_left_by_a_killed_router_are_removed_at_startup() {
     r.wait_for_line("removed partial uploads").await;
     assert!(!orphan.exists());
     assert!(keep.exists(), "only .part files are the router's");
+    assert!(live.exists(), "a part file in use elsewhere stays");
 }

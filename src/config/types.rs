@@ -320,6 +320,19 @@ pub struct ConnectionConfig {
     pub idle_timeout: Option<Dur>,
     /// Close a client that does not read its replies for this long.
     pub write_timeout: Dur,
+    /// Time a client may take to send its HTTP request head (the upgrade request), like
+    /// nginx's `client_header_timeout`; a silent or half-sent request is then dropped.
+    /// Applies on restart.
+    pub header_timeout: Dur,
+    /// Most connections still in their handshake at once (before the upgrade, and while
+    /// the token is being checked); more are answered 503. They take no connection slot.
+    /// Applies on restart.
+    pub max_handshakes: usize,
+    /// Browser origins allowed to open the socket (`Origin` header, exact match such as
+    /// `http://127.0.0.1:8080`); requests without an `Origin` (non-browser clients) are
+    /// always allowed. `self` admits the router's own pages (an origin whose host is the
+    /// request's `Host`). Absent: any origin.
+    pub allowed_origins: Option<Vec<String>>,
     /// Send WebSocket ping frames this often and close a peer that stops answering.
     pub keepalive: Option<KeepaliveConfig>,
     /// Who may connect.
@@ -342,6 +355,9 @@ impl Default for ConnectionConfig {
             rate: None,
             idle_timeout: None,
             write_timeout: Dur::secs(30),
+            header_timeout: Dur::secs(10),
+            max_handshakes: 256,
+            allowed_origins: None,
             keepalive: None,
             auth: AuthConfig::None,
             on_connect: None,

@@ -44,7 +44,8 @@ impl ControlPlane {
         };
         let logs = LogFeed::new(loaded.file.backend.logs.queue);
         let compiled = snapshot::from_loaded(loaded, &overrides, &runtime)?;
-        let orphans = Uploads::remove_orphans(&compiled.snapshot.transfers.dir);
+        let t = &compiled.snapshot.transfers;
+        let orphans = Uploads::remove_orphans(&t.dir, t.idle_timeout.max(t.resume_timeout));
         if orphans > 0 {
             tracing::info!(
                 removed = orphans,

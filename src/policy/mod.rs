@@ -41,6 +41,10 @@ pub struct ConnectionPolicy {
     pub rate: Option<Rate>,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_handshakes: usize,
+    /// Allowed browser origins, lower-cased; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
     pub keepalive: Option<Keepalive>,
     pub auth: auth::Auth,
     /// Sent right after the upgrade.
@@ -86,6 +90,13 @@ impl ConnectionPolicy {
             }),
             idle_timeout: conn.idle_timeout.map(|d| d.0),
             write_timeout: conn.write_timeout.0,
+            header_timeout: conn.header_timeout.0,
+            max_handshakes: conn.max_handshakes.max(1),
+            allowed_origins: conn.allowed_origins.as_ref().map(|list| {
+                list.iter()
+                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                    .collect()
+            }),
             keepalive: conn.keepalive.map(|k| Keepalive {
                 interval: k.interval.0,
                 timeout: k.timeout.0,
@@ -99,6 +110,22 @@ impl ConnectionPolicy {
                 batch: logs.batch.max(1),
             },
         })
+    }
+
+    /// Whether a request with this `Origin` header (if any) may open a socket. `self` in the
+    /// list admits the router's own pages: an origin whose host is the request's `Host`.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        match (&self.allowed_origins, origin) {
+            (None, _) | (_, None) => true,
+            (Some(list), Some(o)) => {
+                let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+                let own = host.is_some_and(|h| {
+                    let h = h.trim().to_ascii_lowercase();
+                    o == format!("http://{h}") || o == format!("https://{h}")
+                });
+                list.iter().any(|a| *a == o || (a == "self" && own))
+            }
+        }
     }
 
     /// Renders the `on_connect` message for a connection.

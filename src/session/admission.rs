@@ -54,11 +54,6 @@ impl Slots {
         }
     }
 
-    /// Gives a slot back without cleanup (the connection was refused after admission).
-    pub(crate) fn refund(&self, _slot: Slot) {
-        self.serving.fetch_sub(1, Ordering::AcqRel);
-    }
-
     /// The connection ends: cleaning is raised before the slot is given up, so a
     /// connection admitted from now on waits for this one's cleanup before its `ready`.
     /// True when this was the last connection served.

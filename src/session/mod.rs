@@ -36,10 +36,13 @@ pub struct Shared {
 }
 
 /// What the upgrade request carried that the session needs.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Upgrade {
     /// The auth token (query parameter or header), if any. Never logged.
     pub token: Option<String>,
+    /// The connection's place among the handshakes in progress, given up once the token
+    /// has been checked.
+    pub handshake: Option<crate::server::HandshakePermit>,
 }
 
 /// Why a connection ended, for the disconnect log line.
@@ -97,6 +100,28 @@ async fn run<S>(
     let policy = &snap.policy;
     let write_timeout = policy.write_timeout;
 
+    // Auth first: a connection takes a slot only once it is let in, so clients that are
+    // still being checked (a slow authorizer) cannot lock real users out. Their number is
+    // bounded by the handshake cap instead.
+    let Upgrade { token, handshake } = upgrade;
+    let checked = tokio::select! {
+        r = crate::policy::auth::authorize(&policy.auth, token.as_deref(), &conn.id, snap.upstream.pool()) => r,
+        // A stopping router does not wait on a slow authorizer.
+        _ = shutdown.changed() => {
+            close(&mut tx, CLOSE_GOING_AWAY, "server shutting down").await;
+            return;
+        }
+    };
+    if let Err(denied) = checked {
+        tracing::warn!(reason = %denied, "access denied");
+        metrics::counter!("scope_router_auth_denied_total").increment(1);
+        let r = refuse(None, &ProtocolError::AccessDenied);
+        let _ = send_text(&mut tx, r.text, write_timeout).await;
+        close(&mut tx, CLOSE_ACCESS_DENIED, "access denied").await;
+        return;
+    }
+    drop(handshake);
+
     // Admission: the slot is held until this connection's cleanup has finished.
     let Some(slot) = shared.slots.admit(policy.max_connections) else {
         tracing::warn!(
@@ -108,23 +133,6 @@ async fn run<S>(
         close(&mut tx, CLOSE_TRY_AGAIN_LATER, "too many connections").await;
         return;
     };
-
-    if let Err(denied) = crate::policy::auth::authorize(
-        &policy.auth,
-        upgrade.token.as_deref(),
-        &conn.id,
-        snap.upstream.pool(),
-    )
-    .await
-    {
-        shared.slots.refund(slot);
-        tracing::warn!(reason = %denied, "access denied");
-        metrics::counter!("scope_router_auth_denied_total").increment(1);
-        let r = refuse(None, &ProtocolError::AccessDenied);
-        let _ = send_text(&mut tx, r.text, write_timeout).await;
-        close(&mut tx, CLOSE_ACCESS_DENIED, "access denied").await;
-        return;
-    }
 
     // The next user's `ready` waits until the previous user's cleanup is done (their files are gone).
     shared

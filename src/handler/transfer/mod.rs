@@ -425,16 +425,27 @@ impl Uploads {
         }
     }
 
-    /// Removes `.part` files left in `dir` by a router that crashed or was killed: at startup
-    /// no upload is live, so every one of them is an orphan.
-    pub fn remove_orphans(dir: &std::path::Path) -> usize {
+    /// Removes `.part` files left in `dir` by a router that crashed or was killed.
+    ///
+    /// Only files untouched for `older_than` (the longest an upload may sit idle or wait for
+    /// a resume) go: another router sharing the directory may be writing the others, and
+    /// a live upload is written, and so touched, with every chunk.
+    pub fn remove_orphans(dir: &std::path::Path, older_than: Duration) -> usize {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
+        };
+        let stale = |e: &std::fs::DirEntry| {
+            e.metadata()
+                .ok()
+                .filter(std::fs::Metadata::is_file)
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > older_than)
         };
         entries
             .filter_map(Result::ok)
             .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter(stale)
             .filter(|e| std::fs::remove_file(e.path()).is_ok())
             .count()
     }
