@@ -189,7 +189,18 @@ pub fn unchecked_routes(table: &RouteTable) -> Vec<String> {
     table
         .table
         .routes()
-        .filter(|r| r.reply_schemas.is_empty() && &*r.name != DEFAULT_ROUTE && r.schema.is_some())
+        .filter(|r| r.reply_schemas.is_empty() && &*r.name != DEFAULT_ROUTE)
+        // Only routes whose valid examples `check` sends: a stateful step (a download
+        // acknowledgement) has none, and so no reply to check.
+        .filter(|r| {
+            r.schema
+                .as_ref()
+                .and_then(|s| table.schemas.get(s))
+                .is_some_and(|s| {
+                    !s.examples().is_empty()
+                        && s.source.get("x-contract-stateful").and_then(Value::as_bool) != Some(true)
+                })
+        })
         .map(|r| r.name.to_string())
         .collect()
 }
