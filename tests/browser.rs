@@ -1,4 +1,4 @@
-//! Browser end to end: headless Chromium streams its fake camera through the router's example page to mock-scope's WebRTC peer and plays the looped-back video; then moves files through the page's client (chunked uploads, binary and JSON, one resumed after a dropped socket; chunked downloads; the page's upload control).
+//! Browser end to end: headless Chromium streams its fake camera through the router's example page to mock-scope's WebRTC peer (strict as real Scope: the page loads passthrough and names it in the offer's pipeline_ids) and plays the looped-back video; moves files through the page's client (chunked uploads, binary and JSON, one resumed after a dropped socket; chunked downloads of an uploaded asset; the page's upload control); and an offer without pipeline_ids connects but gets no frame.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
@@ -76,14 +76,14 @@ const CHUNK_SIZE: usize = 262_144;
 
 /// The files e2e.mjs uploads: (key in its `transfers` result, file name, size, content seed).
 const UPLOADS: [(&str, &str, usize, u32); 4] = [
-    ("binary", "e2e-binary.bin", 5_000_000, 1),
-    ("json", "e2e-json.bin", 1_500_000, 2),
-    ("resumed", "e2e-resumed.bin", 3_000_000, 3),
-    ("control", "e2e-control.bin", 200_000, 4),
+    ("binary", "e2e-binary.mp4", 5_000_000, 1),
+    ("json", "e2e-json.mp4", 1_500_000, 2),
+    ("resumed", "e2e-resumed.mp4", 3_000_000, 3),
+    ("control", "e2e-control.png", 200_000, 4),
 ];
 
-/// What e2e.mjs downloads (mock-scope answers with `pattern(size)`).
-const DOWNLOAD_SIZE: usize = 3_000_000;
+/// What e2e.mjs downloads (twice): the asset it uploaded as "resumed".
+const DOWNLOAD: (&str, usize, u32) = ("e2e-resumed.mp4", 3_000_000, 3);
 
 /// The content e2e.mjs generates for a test file (its `e2eBytes`): xorshift32 from `seed`, the low
 /// byte of each step.
@@ -218,10 +218,42 @@ async fn camera_streams_through_the_router_and_the_looped_back_video_plays() {
     let by_route = &stats["by_route"];
     let count = |key: &str| by_route[key].as_u64().unwrap_or(0);
     assert!(count("GET /api/v1/webrtc/ice-servers") >= 1, "{by_route:#}");
-    assert_eq!(count("POST /api/v1/webrtc/offer"), 1, "{by_route:#}");
+    // The page's offer and e2e.mjs's own without pipeline_ids.
+    assert_eq!(count("POST /api/v1/webrtc/offer"), 2, "{by_route:#}");
+    // The router percent-encodes the id's hyphens; the backend decodes them.
+    let patches: u64 = by_route
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.replace("%2D", "-") == format!("PATCH /api/v1/webrtc/offer/{session}"))
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum();
     assert!(
-        count(&format!("PATCH /api/v1/webrtc/offer/{session}")) >= 1,
+        patches >= 1,
         "trickled ICE candidates must reach the backend: {by_route:#}"
+    );
+    // The page loaded passthrough and named it in its offer, as the Scope frontend does; the
+    // other offer named no pipeline.
+    let offers = mock_recent(&mock, "POST", "/api/v1/webrtc/offer").await;
+    assert_eq!(offers.len(), 2, "{offers:#?}");
+    assert_eq!(
+        offers[0]["body_json"]["initialParameters"]["pipeline_ids"],
+        serde_json::json!(["passthrough"]),
+        "{:#}",
+        offers[0]
+    );
+    assert!(
+        offers[1]["body_json"]["initialParameters"]
+            .get("pipeline_ids")
+            .is_none(),
+        "{:#}",
+        offers[1]
+    );
+    assert!(
+        !mock_recent(&mock, "POST", "/api/v1/pipeline/load")
+            .await
+            .is_empty(),
+        "the page loads a pipeline before its offer"
     );
 
     check_transfers(&result["transfers"], &conn, &mock, &router).await;
@@ -241,17 +273,53 @@ async fn camera_streams_through_the_router_and_the_looped_back_video_plays() {
     .await;
 
     // The mock's peer really looped video: it received frames and sent them back.
+    let (frames_in, frames_out) = peer_frames(&mock, &session).await;
+    assert!(
+        frames_in > 0 && frames_out > 0,
+        "{frames_in} in, {frames_out} out"
+    );
+
+    // Without pipeline_ids: connected, the camera's video received, nothing sent back, and the
+    // mock said why in Scope's words.
+    let n = &result["noPipelineIds"];
+    assert_eq!(n["connected"], true, "{n:#}");
+    assert_eq!(n["framesDecoded"], 0, "{n:#}");
+    assert_eq!(
+        n["sentParameters"],
+        serde_json::json!({"input_mode": "video"}),
+        "{n:#}"
+    );
+    let other = n["sessionId"].as_str().expect("sessionId").to_owned();
+    let (frames_in, frames_out) = peer_frames(&mock, &other).await;
+    assert!(
+        frames_in > 0,
+        "the browser's video reached the mock: {frames_in}"
+    );
+    assert_eq!(
+        frames_out, 0,
+        "no frame may be sent back without pipeline_ids"
+    );
+    mock.wait_for_line(
+        " - scope.server.frame_processor - ERROR - No pipeline IDs provided, cannot start",
+    )
+    .await;
+}
+
+/// (frames_in, frames_out) from the mock peer's closing line for `session`.
+async fn peer_frames(mock: &Proc, session: &str) -> (u64, u64) {
     let short: String = session.chars().take(8).collect();
-    let peer_closed = mock
-        .wait_for_line(&format!("session {short}: closed: session deleted"))
+    let closed = mock
+        .wait_for_line(&format!("session {short}: closed: "))
         .await;
-    let frames_out: u64 = peer_closed
-        .split("frames_out=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.trim_end_matches(')').parse().ok())
-        .unwrap_or_else(|| panic!("no frames_out in {peer_closed:?}"));
-    assert!(frames_out > 0, "{peer_closed}");
+    let field = |name: &str| -> u64 {
+        closed
+            .split(&format!("{name}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.trim_end_matches(')').parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {closed:?}"))
+    };
+    (field("frames_in"), field("frames_out"))
 }
 
 /// The files the page moved: each upload reached the backend exactly once, complete (size and
@@ -290,6 +358,13 @@ async fn check_transfers(t: &Value, conn: &str, mock: &Proc, router: &Proc) {
             assert_eq!(u["shownSize"], size, "{u:#}");
             continue;
         }
+        // Scope's AssetFileInfo, plus mock-scope's test-only sha256 and size_bytes.
+        assert_eq!(
+            u["data"]["name"],
+            name.trim_end_matches(".mp4"),
+            "{key}: {u:#}"
+        );
+        assert_eq!(u["data"]["type"], "video", "{key}: {u:#}");
         assert_eq!(u["data"]["sha256"], want, "{key}: {u:#}");
         assert_eq!(u["data"]["size_bytes"], size, "{key}: {u:#}");
         assert_eq!(
@@ -372,21 +447,22 @@ async fn check_transfers(t: &Value, conn: &str, mock: &Proc, router: &Proc) {
         ])
         .await;
 
-    // Downloads: the page checked length and sha256 against the header; both must also be the
-    // backend's bytes. Each was acknowledged to the end.
-    let want = sha256_hex(&pattern(DOWNLOAD_SIZE));
+    // Downloads: the page checked length and sha256 against the header and the bytes it had
+    // uploaded; both must also be the backend's bytes. Each was acknowledged to the end.
+    let (download_name, download_size, download_seed) = DOWNLOAD;
+    let want = sha256_hex(&e2e_bytes(download_size, download_seed));
     for (key, binary) in [("downloadBinary", true), ("downloadJson", false)] {
         let d = &t[key];
-        assert_eq!(d["length"], DOWNLOAD_SIZE, "{key}: {d:#}");
-        assert_eq!(d["headerLength"], DOWNLOAD_SIZE, "{key}: {d:#}");
+        assert_eq!(d["length"], download_size, "{key}: {d:#}");
+        assert_eq!(d["headerLength"], download_size, "{key}: {d:#}");
         assert_eq!(d["sha256"], want, "{key}: {d:#}");
         assert_eq!(d["headerSha256"], want, "{key}: {d:#}");
         assert_eq!(d["binary"], binary, "{key}: {d:#}");
         assert_eq!(d["type"], "video/mp4", "{key}: {d:#}");
-        let chunks = DOWNLOAD_SIZE.div_ceil(CHUNK_SIZE);
+        let chunks = download_size.div_ceil(CHUNK_SIZE);
         assert_eq!(d["chunks"], chunks, "{key}: {d:#}");
         assert_eq!(d["progressCalls"], chunks, "{key}: {d:#}");
-        eprintln!("download ({key}): {DOWNLOAD_SIZE} bytes in {} ms", d["ms"]);
+        eprintln!("download ({key}): {download_size} bytes in {} ms", d["ms"]);
         let id = d["downloadId"].as_str().unwrap();
         router
             .wait_for_line_with(&[
@@ -404,7 +480,8 @@ async fn check_transfers(t: &Value, conn: &str, mock: &Proc, router: &Proc) {
         ])
         .await;
     assert_eq!(
-        stats["by_route"]["GET /api/v1/recordings/x"], 2,
+        stats["by_route"][format!("GET /api/v1/assets/{download_name}")],
+        2,
         "{:#}",
         stats["by_route"]
     );

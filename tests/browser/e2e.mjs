@@ -1,10 +1,14 @@
-// e2e.mjs: drives headless Chromium (Debian's, never a downloaded one) through examples/browser: Start, wait for the returned video to decode, screenshot; then files through the page's client (chunked uploads, binary and JSON, one resumed after a dropped socket; chunked downloads; the page's upload control); close.
+// e2e.mjs: drives headless Chromium (Debian's, never a downloaded one) through examples/browser: Start, wait for the returned video to decode; files through the page's client (chunked uploads, binary and JSON, one resumed after a dropped socket; chunked downloads of an uploaded asset; the page's upload control); an offer without pipeline_ids, which must connect and bring no frame back; screenshot; close.
 //
 //   node tests/browser/e2e.mjs <page-url> [--screenshot PATH] [--timeout-ms N]
 //
-// Prints one JSON line: {"ok":true,"connectionId",...,"framesDecoded","videoWidth",...,"transfers":{...}}
-// or {"ok":false,"error",...}, and exits 0 or 1. Used by tests/browser.rs, which checks the
-// transfers against mock-scope's records; runnable by hand too.
+// Prints one JSON line: {"ok":true,"connectionId",...,"framesDecoded","videoWidth",...,"transfers":{...},
+// "noPipelineIds":{...}} or {"ok":false,"error",...}, and exits 0 or 1. Used by tests/browser.rs
+// (against mock-scope, checking the transfers against its records) and by scripts/real-scope.sh
+// (against the real Scope server); runnable by hand too. Everything it does is something the real
+// server accepts: assets have image/video extensions, and downloads fetch an uploaded asset.
+//
+// E2E_CHROMIUM_ARGS: extra Chromium flags, separated by spaces (e.g. "--enable-logging=stderr").
 
 import { mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -59,6 +63,7 @@ try {
       // Real host addresses in ICE candidates instead of mDNS names (no multicast on the LAN).
       "--disable-features=WebRtcHideLocalIpsWithMdns",
       "--autoplay-policy=no-user-gesture-required",
+      ...(process.env.E2E_CHROMIUM_ARGS ?? "").split(/\s+/).filter(Boolean),
     ],
   });
   page = await browser.newPage({ viewport: { width: 1100, height: 720 } });
@@ -100,6 +105,9 @@ try {
   Object.assign(result, playing);
 
   result.transfers = await transfers(page);
+  result.noPipelineIds = await page.evaluate(offerWithoutPipelineIds, { waitMs: 4000 });
+  if (!result.noPipelineIds.connected) throw new Error(`the offer without pipeline_ids never connected: ${JSON.stringify(result.noPipelineIds)}`);
+  if (result.noPipelineIds.framesDecoded > 0) throw new Error(`frames came back without pipeline_ids: ${JSON.stringify(result.noPipelineIds)}`);
 
   // The video still plays, and the upload control shows its result.
   await page.screenshot({ path: screenshot });
@@ -123,26 +131,29 @@ async function transfers(page) {
   await page.evaluate(installHelpers, e2eBytes.toString());
   const out = {};
 
+  // Scope takes only image, video and audio files (by extension) as assets.
   // 1. 5 MB (not a multiple of the chunk size) in binary chunks, on the page's own connection.
-  out.binary = await page.evaluate(uploadInPage, { name: "e2e-binary.bin", size: 5_000_000, seed: 1, binary: true });
+  out.binary = await page.evaluate(uploadInPage, { name: "e2e-binary.mp4", size: 5_000_000, seed: 1, binary: true });
   // 2. The same route with base64 JSON chunks.
-  out.json = await page.evaluate(uploadInPage, { name: "e2e-json.bin", size: 1_500_000, seed: 2, binary: false });
+  out.json = await page.evaluate(uploadInPage, { name: "e2e-json.mp4", size: 1_500_000, seed: 2, binary: false });
   // 3. On a second client: the socket is dropped after a few acknowledged chunks; the client
   //    reconnects and the upload resumes from where the router says it got to.
-  out.resumed = await page.evaluate(uploadInPage, { name: "e2e-resumed.bin", size: 3_000_000, seed: 3, binary: true, dropAfterChunks: 4 });
+  out.resumed = await page.evaluate(uploadInPage, { name: "e2e-resumed.mp4", size: 3_000_000, seed: 3, binary: true, dropAfterChunks: 4 });
 
-  // 4. Chunked downloads, binary frames and base64 JSON chunks, checked in the page against the header.
+  // 4. Chunked downloads of the asset uploaded in 3, binary frames and base64 JSON chunks, checked
+  //    in the page against the header and against the bytes uploaded.
   for (const binary of [true, false]) {
     out[binary ? "downloadBinary" : "downloadJson"] = await page.evaluate(downloadInPage, {
-      path: "/api/v1/recordings/x?size=3000000",
+      path: "/api/v1/assets/e2e-resumed.mp4",
       binary,
+      expected: { size: 3_000_000, seed: 3 },
     });
   }
 
   // 5. The page's "Upload a file" control, with a small file (one api message).
-  const name = "e2e-control.bin";
+  const name = "e2e-control.png";
   const size = 200_000;
-  await page.setInputFiles("#upload-file", { name, mimeType: "application/octet-stream", buffer: Buffer.from(e2eBytes(size, 4)) });
+  await page.setInputFiles("#upload-file", { name, mimeType: "image/png", buffer: Buffer.from(e2eBytes(size, 4)) });
   await page.click("#upload-start");
   await page.waitForSelector('#upload-result[data-state="done"], #upload-result[data-state="failed"]', { timeout: 20_000 });
   const shown = await page.$eval("#upload-result", (el) => ({
@@ -194,7 +205,7 @@ async function uploadInPage({ name, size, seed, binary, dropAfterChunks = 0 }) {
   try {
     const reply = await c.uploadFile(`/api/v1/assets?filename=${name}`, bytes, {
       binary,
-      contentType: "application/octet-stream",
+      contentType: "video/mp4",
       onProgress: (p) => {
         phases.add(p.phase);
         last = p;
@@ -225,7 +236,7 @@ async function uploadInPage({ name, size, seed, binary, dropAfterChunks = 0 }) {
   }
 }
 
-async function downloadInPage({ path, binary }) {
+async function downloadInPage({ path, binary, expected }) {
   const { client, sha256Hex } = window.scopeDemo;
   let last = null;
   let progressCalls = 0;
@@ -241,6 +252,8 @@ async function downloadInPage({ path, binary }) {
   const sha256 = await sha256Hex(bytes);
   if (bytes.length !== last.total) throw new Error(`download: ${bytes.length} bytes, header says ${last.total}`);
   if (sha256 !== last.sha256) throw new Error(`download: sha256 ${sha256}, header says ${last.sha256}`);
+  const want = await sha256Hex(window.e2eBytes(expected.size, expected.seed));
+  if (sha256 !== want) throw new Error(`download: sha256 ${sha256}, but the uploaded file's is ${want}`);
   return {
     ms: Math.round(performance.now() - started),
     length: bytes.length,
@@ -253,6 +266,59 @@ async function downloadInPage({ path, binary }) {
     progressCalls,
     type: blob.type,
   };
+}
+
+/**
+ * An offer the way a client that forgets `initialParameters.pipeline_ids` makes it (on a client of
+ * its own, whose `autoPipelineIds` is off): real Scope answers, connects, and never starts its
+ * frame processor, so no frame may come back. Waits `waitMs` once connected, then reports the
+ * inbound video counters and closes.
+ */
+async function offerWithoutPipelineIds({ waitMs }) {
+  const { client, ScopeClient } = window.scopeDemo;
+  const c = new ScopeClient(client.url, { autoPipelineIds: false, pingIntervalMs: 0 });
+  await c.connect();
+  const media = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const out = { connected: false, sessionId: null, framesDecoded: null, framesReceived: null, bytesReceived: null };
+  try {
+    for (const track of media.getVideoTracks()) pc.addTransceiver(track, { direction: "sendrecv", streams: [media] });
+    await pc.setLocalDescription(await pc.createOffer());
+    // Every candidate in the offer itself: no trickle needed.
+    await new Promise((resolve) => {
+      if (pc.iceGatheringState === "complete") return resolve();
+      const t = setTimeout(resolve, 5000);
+      pc.addEventListener("icegatheringstatechange", () => {
+        if (pc.iceGatheringState === "complete") {
+          clearTimeout(t);
+          resolve();
+        }
+      });
+    });
+    const answer = await c.sendOffer(pc.localDescription.sdp, "offer", { input_mode: "video" });
+    out.sessionId = answer.sessionId;
+    out.sentParameters = c.lastOfferParameters;
+    await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+    const until = Date.now() + 20_000;
+    while (pc.connectionState !== "connected" && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    out.connected = pc.connectionState === "connected";
+    out.pcState = pc.connectionState;
+    if (out.connected) await new Promise((r) => setTimeout(r, waitMs));
+    for (const s of (await pc.getStats()).values()) {
+      if (s.type === "inbound-rtp" && s.kind === "video") {
+        out.framesDecoded = s.framesDecoded ?? 0;
+        out.framesReceived = s.framesReceived ?? 0;
+        out.bytesReceived = s.bytesReceived ?? 0;
+      }
+      if (s.type === "outbound-rtp" && s.kind === "video") out.framesSent = s.framesSent ?? 0;
+    }
+    out.framesDecoded ??= 0;
+    return out;
+  } finally {
+    pc.close();
+    for (const t of media.getTracks()) t.stop();
+    c.close();
+  }
 }
 
 async function finish(extra) {

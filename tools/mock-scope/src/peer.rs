@@ -1,4 +1,4 @@
-//! The real WebRTC peer behind `POST /api/v1/webrtc/offer`: one str0m session per offer that sends the browser's video back to it, like Scope's passthrough pipeline.
+//! The real WebRTC peers: one str0m session per offer that sends the browser's video back while its frame processor runs (Scope's passthrough), and the test client of `/_mock/client` that sends synthetic video.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -25,6 +25,8 @@ const KEYFRAME_THROTTLE: Duration = Duration::from_secs(1);
 /// Larger than any datagram a WebRTC peer sends (str0m's MTU is ~1150).
 const DATAGRAM_MAX: usize = 2048;
 const PACKET_QUEUE: usize = 256;
+/// The test client's frame rate.
+const CLIENT_FRAME: Duration = Duration::from_millis(33);
 
 /// Where peers listen: one UDP socket per address, each announced as a host candidate.
 #[derive(Clone, Debug)]
@@ -52,16 +54,30 @@ pub struct PeerHandle {
 
 enum Command {
     Candidates(Vec<Candidate>),
+    /// The test client's answer from the server.
+    Answer(SdpAnswer),
+}
+
+/// Which side of the call a peer is.
+pub(crate) enum Role {
+    /// Behind an offer: loops video back only when `send_frames` (the frame processor runs).
+    Server { send_frames: bool },
+    /// The `/_mock/client` test client: sends a synthetic video stream on `mid` once connected.
+    Client {
+        mid: Mid,
+        pending: Option<SdpPendingOffer>,
+        sent: u64,
+    },
 }
 
 /// What the peer has done so far, for `/_mock/sessions`.
 #[derive(Default)]
-struct PeerStatus {
+pub(crate) struct PeerStatus {
     connected: AtomicBool,
     closed: AtomicBool,
     remote_candidates: AtomicU64,
     frames_in: AtomicU64,
-    frames_out: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
     keyframe_requests: AtomicU64,
 }
 
@@ -78,6 +94,29 @@ impl PeerHandle {
         if !parsed.is_empty() {
             let _ = self.commands.send(Command::Candidates(parsed));
         }
+    }
+
+    /// Hands the server's answer to a test client.
+    pub fn accept_answer(&self, sdp: &str) -> Result<(), String> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+        self.commands
+            .send(Command::Answer(answer))
+            .map_err(|_| "the client peer has ended".to_owned())
+    }
+
+    /// The peer has ended by itself (ICE gave up, the other side closed, an error), as an
+    /// aiortc connection becomes `closed` or `failed`.
+    pub fn is_closed(&self) -> bool {
+        self.status.closed.load(Ordering::Relaxed)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.status.connected.load(Ordering::Relaxed)
+    }
+
+    /// Video frames sent to the other side.
+    pub fn frames_out(&self) -> u64 {
+        self.status.frames_out.load(Ordering::Relaxed)
     }
 
     pub fn to_json(&self) -> Value {
@@ -116,6 +155,7 @@ pub async fn start(
     cfg: &PeerConfig,
     session_id: &str,
     offer_sdp: &str,
+    send_frames: bool,
 ) -> Result<(String, PeerHandle), PeerError> {
     // Cheap refusals first: the router's tests send SDP fragments with no ICE credentials, and
     // those must not cost a socket.
@@ -126,15 +166,27 @@ pub async fn start(
     }
     let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
 
-    let mut sockets = Vec::with_capacity(cfg.ips.len());
-    for ip in &cfg.ips {
+    let (mut rtc, sockets) = new_rtc(&cfg.ips).await?;
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| PeerError::Rejected(e.to_string()))?;
+    let handle = spawn(cfg, session_id, rtc, sockets, Role::Server { send_frames });
+    Ok((answer.to_sdp_string(), handle))
+}
+
+pub(crate) type Sockets = Vec<(Arc<UdpSocket>, SocketAddr)>;
+
+/// An `Rtc` with one UDP socket per address, each announced as a host candidate.
+pub(crate) async fn new_rtc(ips: &[IpAddr]) -> Result<(Rtc, Sockets), PeerError> {
+    let mut sockets = Vec::with_capacity(ips.len());
+    for ip in ips {
         let socket = UdpSocket::bind(SocketAddr::new(*ip, 0))
             .await
             .map_err(PeerError::Socket)?;
         let local = socket.local_addr().map_err(PeerError::Socket)?;
         sockets.push((Arc::new(socket), local));
     }
-
     let mut rtc = Rtc::builder()
         .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
         .build(Instant::now());
@@ -143,40 +195,47 @@ pub async fn start(
             Candidate::host(*local, "udp").map_err(|e| PeerError::Rejected(e.to_string()))?;
         rtc.add_local_candidate(candidate);
     }
-    let answer = rtc
-        .sdp_api()
-        .accept_offer(offer)
-        .map_err(|e| PeerError::Rejected(e.to_string()))?;
+    Ok((rtc, sockets))
+}
 
+pub(crate) fn spawn(
+    cfg: &PeerConfig,
+    id: &str,
+    rtc: Rtc,
+    sockets: Sockets,
+    role: Role,
+) -> PeerHandle {
     let (commands, command_rx) = mpsc::unbounded_channel();
     let status = Arc::new(PeerStatus::default());
     let peer = Peer {
-        id: session_id.chars().take(8).collect(),
+        id: id.chars().take(8).collect(),
         rtc,
         sockets,
         status: Arc::clone(&status),
         quiet: cfg.quiet,
         video: Vec::new(),
+        role,
     };
     tokio::spawn(peer.run(command_rx));
-    Ok((answer.to_sdp_string(), PeerHandle { commands, status }))
+    PeerHandle { commands, status }
 }
 
 /// An incoming video m-line and its keyframe bookkeeping.
-struct VideoTrack {
+pub(crate) struct VideoTrack {
     mid: Mid,
     /// Whether we may send on the same m-line (the browser offered `sendrecv`).
     loops_back: bool,
     last_keyframe_request: Option<Instant>,
 }
 
-struct Peer {
-    id: String,
-    rtc: Rtc,
-    sockets: Vec<(Arc<UdpSocket>, SocketAddr)>,
-    status: Arc<PeerStatus>,
-    quiet: bool,
-    video: Vec<VideoTrack>,
+pub(crate) struct Peer {
+    pub(crate) id: String,
+    pub(crate) rtc: Rtc,
+    pub(crate) sockets: Vec<(Arc<UdpSocket>, SocketAddr)>,
+    pub(crate) status: Arc<PeerStatus>,
+    pub(crate) quiet: bool,
+    pub(crate) video: Vec<VideoTrack>,
+    pub(crate) role: Role,
 }
 
 struct Datagram {
@@ -197,6 +256,9 @@ impl Peer {
         }
         drop(packet_tx);
         let give_up = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let mut frames = tokio::time::interval(CLIENT_FRAME);
+        let is_client = matches!(self.role, Role::Client { .. });
+        let mut reason = "the peer ended";
 
         loop {
             let Some(deadline) = self.drive().await else {
@@ -211,13 +273,17 @@ impl Peer {
                             self.rtc.add_remote_candidate(candidate);
                         }
                     }
+                    Some(Command::Answer(answer)) => self.accept_answer(answer),
                     // The handle was dropped: DELETE, a reset, or the process is stopping.
                     None => {
                         self.log(&format!("closed: session deleted ({})", self.summary()));
                         self.close_gracefully().await;
-                        break;
+                        self.status.closed.store(true, Ordering::Relaxed);
+                        readers.abort_all();
+                        return;
                     }
                 },
+                _ = frames.tick(), if is_client && connected => self.send_synthetic_frame(),
                 packet = packets.recv() => {
                     let Some(packet) = packet else { break };
                     self.receive(&packet);
@@ -226,11 +292,12 @@ impl Peer {
                     self.input(Input::Timeout(Instant::now()));
                 }
                 () = tokio::time::sleep_until(give_up), if !connected => {
-                    self.log("ICE did not connect in time; giving up");
+                    reason = "ICE did not connect in time";
                     break;
                 }
             }
         }
+        self.log(&format!("closed: {reason} ({})", self.summary()));
         self.rtc.disconnect();
         self.status.closed.store(true, Ordering::Relaxed);
         readers.abort_all();
@@ -336,19 +403,29 @@ impl Peer {
 
     /// Writes an incoming video frame to the outgoing side of the same m-line.
     fn loop_back(&mut self, data: MediaData) {
+        let send_frames = match self.role {
+            Role::Server { send_frames } => send_frames,
+            Role::Client { .. } => {
+                // The server's copy of our stream coming back.
+                self.status.frames_in.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
         let Some(track) = self.video.iter().find(|t| t.mid == data.mid) else {
             return;
         };
-        let loops_back = track.loops_back;
+        // Without a running frame processor the track is received but nothing goes back
+        // (`tracks.py:VideoProcessingTrack.recv` waits forever for a processed frame).
+        let loops_back = track.loops_back && send_frames;
         let first = self.status.frames_in.fetch_add(1, Ordering::Relaxed) == 0;
+        if !loops_back {
+            return;
+        }
         if first {
             // The returned stream decodes from its first keyframe: ask for one at once.
             self.request_keyframe(data.mid, KeyframeRequestKind::Pli, true);
         } else if !data.contiguous {
             self.request_keyframe(data.mid, KeyframeRequestKind::Pli, false);
-        }
-        if !loops_back {
-            return;
         }
         let Some(writer) = self.rtc.writer(data.mid) else {
             return;
@@ -397,7 +474,7 @@ impl Peer {
         )
     }
 
-    fn log(&self, what: &str) {
+    pub(crate) fn log(&self, what: &str) {
         if !self.quiet {
             eprintln!("INFO scope.webrtc: session {}: {what}", self.id);
         }
