@@ -219,10 +219,11 @@ import json, sys
 r = json.loads(sys.stdin.read() or "{}")
 n = r.get("noPipelineIds") or {}
 t = r.get("transfers") or {}
-print(f"ok={r.get(\"ok\")} framesDecoded={r.get(\"framesDecoded\")} video={r.get(\"videoWidth\")}x{r.get(\"videoHeight\")} "
-      f"session={r.get(\"sessionId\")} | without pipeline_ids: connected={n.get(\"connected\")} framesDecoded={n.get(\"framesDecoded\")} "
-      f"| uploads={[k + \":\" + str(v.get(\"status\")) for k, v in t.items() if k in (\"binary\", \"json\", \"resumed\", \"control\")]} "
-      f"download={(t.get(\"downloadBinary\") or {}).get(\"length\")} error={r.get(\"error\")}")
+ups = ", ".join("{} {}".format(k, t[k].get("status")) for k in ("binary", "json", "resumed", "control") if k in t)
+dl = (t.get("downloadBinary") or {}).get("length")
+print("ok={} video={}x{} framesDecoded={} (first) {} (end) session={} | without pipeline_ids: connected={} framesDecoded={} framesSent={} | uploads: {} | download: {} bytes | error={}".format(
+    r.get("ok"), r.get("videoWidth"), r.get("videoHeight"), r.get("framesDecoded"), r.get("framesDecodedAtEnd"),
+    r.get("sessionId"), n.get("connected"), n.get("framesDecoded"), n.get("framesSent"), ups, dl, r.get("error")))
 ')"
 log "browser ($(($(date +%s) - browser_started)) s): $summary"
 ((e2e_rc == 0)) || {

@@ -105,6 +105,8 @@ try {
   Object.assign(result, playing);
 
   result.transfers = await transfers(page);
+  // The page's stream kept playing meanwhile.
+  result.framesDecodedAtEnd = await page.evaluate(async () => (await window.scopeDemo.inboundVideoStats())?.framesDecoded ?? 0);
   result.noPipelineIds = await page.evaluate(offerWithoutPipelineIds, { waitMs: 4000 });
   if (!result.noPipelineIds.connected) throw new Error(`the offer without pipeline_ids never connected: ${JSON.stringify(result.noPipelineIds)}`);
   if (result.noPipelineIds.framesDecoded > 0) throw new Error(`frames came back without pipeline_ids: ${JSON.stringify(result.noPipelineIds)}`);
