@@ -124,16 +124,7 @@ async fn yaml_only_reply_route_is_served() {
 #[tokio::test]
 async fn on_connect_template_is_used() {
     let (_m, r, _routes) = custom_stack();
-    let (mut inner, _) = tokio_tungstenite::connect_async(r.ws_url())
-        .await
-        .expect("connect");
-    use futures_util::StreamExt as _;
-    let first = tokio::time::timeout(WAIT, inner.next())
-        .await
-        .expect("in time")
-        .expect("frame")
-        .expect("ok");
-    let v: serde_json::Value = serde_json::from_str(first.to_text().expect("text")).expect("json");
+    let (_s, v) = first_message(r.ws_url()).await;
     assert_eq!(v["type"], "ready");
     assert_eq!(v["flavour"], "custom");
     assert_eq!(v["connection_id"].as_str().expect("id").len(), 8);

@@ -1,4 +1,4 @@
-//! Every error path of the protocol, served by the default routes.yaml (or a copy with one knob turned).
+//! Error paths past validation, served by the default routes.yaml (or a copy with one knob turned): unknown types, refused api calls, a backend that is down, slow, failing or dying, and the health endpoints.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;

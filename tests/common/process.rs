@@ -311,6 +311,13 @@ pub fn router_supervising(routes: &Path, envs: &[(&str, &str)]) -> Proc {
     start_router(cmd)
 }
 
+/// The router is still running and `/healthz` answers.
+pub async fn assert_router_alive(r: &mut Proc) {
+    r.assert_running();
+    let (code, body) = get_json(&format!("{}/healthz", r.http())).await;
+    assert_eq!(code, 200, "/healthz: {body}");
+}
+
 /// The router's `/readyz`: status and body.
 pub async fn readyz(r: &Proc) -> (u16, Value) {
     get_json(&format!("{}/readyz", r.http())).await

@@ -1,4 +1,4 @@
-//! The WebSocket client tests speak JSON with (`Ws`), and the messages they send most.
+//! The WebSocket client tests speak JSON with (`Ws`, `first_message`), and the messages they send most.
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
@@ -9,9 +9,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::WAIT;
 
+/// A client WebSocket as tokio-tungstenite opens it.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
 /// A WebSocket client speaking JSON text frames.
 pub struct Ws {
-    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub inner: Socket,
     /// Replies read while waiting for another one.
     pub stash: Vec<Value>,
     pub connection_id: String,
@@ -36,6 +39,16 @@ impl Ws {
         );
         ws.connection_id = ready["connection_id"].as_str().unwrap().to_owned();
         ws
+    }
+
+    /// Wraps a socket whose first message, `ready`, has been read.
+    pub fn from_ready(inner: Socket, ready: &Value) -> Ws {
+        assert_eq!(ready["type"], "ready", "{ready}");
+        Ws {
+            inner,
+            stash: Vec::new(),
+            connection_id: ready["connection_id"].as_str().unwrap().to_owned(),
+        }
     }
 
     pub async fn send(&mut self, v: &Value) {
@@ -130,16 +143,7 @@ impl Ws {
 
     /// Waits for the close frame; returns its code.
     pub async fn closed(&mut self) -> Option<u16> {
-        loop {
-            match tokio::time::timeout(WAIT, self.inner.next())
-                .await
-                .expect("timed out waiting for close")
-            {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
-            }
-        }
+        close_code(&mut self.inner).await
     }
 
     /// Closes the socket from the client side (normal close).
@@ -151,6 +155,51 @@ impl Ws {
         })
         .await;
     }
+}
+
+/// Opens a WebSocket (any request: a URL, or one with headers) and returns it with its first
+/// JSON message, whatever that is (`ready`, or the error before a refusal).
+pub async fn first_message<R>(req: R) -> (Socket, Value)
+where
+    R: tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+{
+    let (mut s, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect timeout")
+        .expect("connect");
+    loop {
+        let m = tokio::time::timeout(WAIT, s.next())
+            .await
+            .expect("timed out waiting for the first message")
+            .expect("socket ended before the first message")
+            .expect("socket error");
+        match m {
+            Message::Text(t) => return (s, serde_json::from_str(t.as_str()).unwrap()),
+            Message::Close(f) => panic!("closed before any message: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code (`None` if the stream ended without one).
+pub async fn close_code(s: &mut Socket) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, s.next())
+            .await
+            .expect("timed out waiting for close")
+        {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// The keys of a JSON object, sorted: for asserting a message's exact shape.
+pub fn sorted_keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+    k.sort();
+    k
 }
 
 /// A minimal SDP offer.
