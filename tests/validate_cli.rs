@@ -1,4 +1,4 @@
-//! `scope-router validate`: good files pass; broken ones fail with `file:LINE:COL` and the route named.
+//! `scope-router validate`: good files pass; broken ones fail with `file:LINE:COL` (the routes file's, or a broken schema's own) and the route named.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
@@ -40,6 +40,30 @@ fn broken(name: &str) -> String {
         stderr.contains(&path.display().to_string()),
         "stderr must name the file {}:\n{stderr}",
         path.display()
+    );
+    stderr
+}
+
+/// Runs validate on a fixture whose route names a broken schema: non-zero exit, and the error is
+/// told where it is, in the schema file (`schemas/<schema>` beside the fixture, or wherever the
+/// fixture's `schemas:` points), with the route named; returns stderr.
+fn broken_schema(name: &str, schema: &str) -> String {
+    let path = fixture(name);
+    assert!(path.exists(), "missing fixture {}", path.display());
+    let out = validate(&path);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{name} must fail validation; stdout:\n{}\nstderr:\n{stderr}",
+        text(&out.stdout)
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: ") && l.contains(&format!("/{schema}")))
+        .unwrap_or_else(|| panic!("{name}: no error naming the schema file {schema}:\n{stderr}"));
+    assert!(
+        line.contains("(schema of route `"),
+        "{name}: the route is named: {line}"
     );
     stderr
 }
@@ -187,28 +211,34 @@ fn yaml_error_in_a_tempdir_file_is_placed() {
 
 #[test]
 fn route_naming_a_missing_schema_fails_and_names_the_route() {
-    let e = broken("missing_schema.yaml");
+    let e = broken_schema("missing_schema.yaml", "widget_does_not_exist.json");
     assert_mentions(
         &e,
         "missing_schema.yaml",
-        &["widget", "widget_does_not_exist.json"],
+        &["route `widget`", "cannot read"],
     );
 }
 
 #[test]
 fn schema_that_is_not_json_fails_and_names_the_route() {
-    let e = broken("schema_not_json.yaml");
-    assert_mentions(
-        &e,
-        "schema_not_json.yaml",
-        &["thing", "not_json.json", "line 5"],
+    let e = broken_schema("schema_not_json.yaml", "not_json.json");
+    // Placed in the schema file, at its line.
+    let at = format!("{}:5:", fixture("schemas/not_json.json").display());
+    assert!(
+        e.contains(&at),
+        "schema_not_json.yaml: expected {at}COL in:\n{e}"
     );
+    assert_mentions(&e, "schema_not_json.yaml", &["route `thing`", "not JSON"]);
 }
 
 #[test]
 fn schema_that_is_not_a_json_schema_fails_and_names_the_route() {
-    let e = broken("schema_invalid.yaml");
-    assert_mentions(&e, "schema_invalid.yaml", &["thing", "not_a_schema.json"]);
+    let e = broken_schema("schema_invalid.yaml", "not_a_schema.json");
+    assert_mentions(
+        &e,
+        "schema_invalid.yaml",
+        &["route `thing`", "not a valid JSON Schema"],
+    );
 }
 
 #[test]
