@@ -170,8 +170,9 @@ async fn camera_streams_through_the_router_and_the_looped_back_video_plays() {
     let script = require_browser_tooling();
     let routes = example_routes();
     // Not --quiet: the peer's log lines are asserted on below.
+    // Nothing loaded (whatever PIPELINE says), so that the page must load its pipeline.
     let mut cmd = Command::new(MOCK.as_str());
-    cmd.args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["--listen", "127.0.0.1:0"]).env_remove("PIPELINE");
     let mock = Proc::start(cmd, "mock-scope listening on");
     let router = router(&routes.path, &mock.http(), &[]);
 

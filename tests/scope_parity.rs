@@ -753,3 +753,57 @@ async fn parity_asset_uploads_their_refusals_and_their_shapes() {
     assert_eq!(v["status"], 404, "{v}");
     assert_eq!(v["data"], json!({"detail": "Asset not found"}));
 }
+
+#[tokio::test]
+async fn pipeline_env_preloads_before_listening_and_require_pipeline_overrides_it() {
+    // `PIPELINE=passthrough`, as the real server's prewarm: loaded before the first request.
+    let mut cmd = Command::new(MOCK.as_str());
+    cmd.args(["--listen", "127.0.0.1:0", "--quiet"])
+        .env("PIPELINE", "passthrough");
+    let m = Proc::start(cmd, "mock-scope listening on");
+    let (_, s) = get_json(&format!("{}/api/v1/pipeline/status", m.http())).await;
+    assert_eq!(
+        (s["status"].as_str(), s["pipeline_id"].as_str()),
+        (Some("loaded"), Some("passthrough")),
+        "{s}"
+    );
+    let offer = json!({"sdp": SDP_OFFER, "type": "offer"}).to_string();
+    let (code, body) = http(
+        &format!("{}/api/v1/webrtc/offer", m.http()),
+        "POST",
+        Some(&offer),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    let mut cmd = Command::new(MOCK.as_str());
+    cmd.args(["--listen", "127.0.0.1:0", "--quiet", "--require-pipeline"])
+        .env("PIPELINE", "passthrough");
+    let m = Proc::start(cmd, "mock-scope listening on");
+    let (_, s) = get_json(&format!("{}/api/v1/pipeline/status", m.http())).await;
+    assert_eq!(s["status"], "not_loaded", "{s}");
+    let (code, body) = http(
+        &format!("{}/api/v1/webrtc/offer", m.http()),
+        "POST",
+        Some(&offer),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+}
+
+#[tokio::test]
+async fn load_ms_zero_is_loaded_before_the_answer() {
+    let m = fresh_mock(&["--load-ms", "0"]);
+    let body = json!({"pipeline_ids": ["gray"], "load_params": {"height": 256}}).to_string();
+    let (code, text) = http(
+        &format!("{}/api/v1/pipeline/load", m.http()),
+        "POST",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    let (_, s) = get_json(&format!("{}/api/v1/pipeline/status", m.http())).await;
+    assert_eq!(s["status"], "loaded", "{s}");
+    assert_eq!(s["pipeline_id"], "gray", "{s}");
+    assert_eq!(s["load_params"], json!({"height": 256}), "{s}");
+}

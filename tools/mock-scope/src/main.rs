@@ -117,7 +117,8 @@ pub struct Cli {
     /// until one is loaded; that is the default behaviour anyway, as upstream).
     #[arg(long)]
     pub require_pipeline: bool,
-    /// How long a `POST /api/v1/pipeline/load` stays `loading` before it is `loaded`.
+    /// How long a `POST /api/v1/pipeline/load` stays `loading` before it is `loaded`; 0 loads
+    /// before the POST is answered (a test shortcut: the real load always runs in the background).
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub load_ms: u64,
     /// Emit heartbeat log lines to stderr at this interval (0 = off).

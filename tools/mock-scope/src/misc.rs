@@ -21,8 +21,11 @@ use crate::serve::Shared;
 pub const VERSION: &str = "0.2.3";
 /// `git rev-parse --short HEAD` of that source (`6fcc8ebf^`).
 const GIT_COMMIT: &str = "03ee99b";
-/// How long a `POST /api/v1/models/download` "downloads".
+/// How long a `POST /api/v1/models/download` "downloads" the models of a pipeline that has some.
 const DOWNLOAD_TIME: Duration = Duration::from_millis(500);
+/// The built-in pipelines whose schema says `requires_models: false`: their download has nothing
+/// to fetch and is over at once (never a 409).
+const NO_MODELS: [&str; 4] = ["passthrough", "controller-viz", "gray", "optical-flow"];
 
 pub struct Plugin {
     pub name: String,
@@ -61,7 +64,8 @@ pub async fn lora_install() -> Response {
     ok_json(&json!({ "message": "LoRA installed" }))
 }
 
-/// `app.py:get_model_status`: `pipeline_id` is a required query parameter.
+/// `app.py:get_model_status`: `pipeline_id` is a required query parameter. The mock's models are
+/// all present (`downloaded: true`) except while a download runs.
 pub async fn models_status(State(state): Shared, uri: Uri) -> ApiResult {
     let id = required_query(&uri, "pipeline_id")?;
     let started = lock(&state.downloads).get(&id).copied();
@@ -102,7 +106,9 @@ pub async fn models_download(State(state): Shared, body: Bytes) -> ApiResult {
             format!("Download already in progress for {id}"),
         ));
     }
-    downloads.insert(id.clone(), unix_now());
+    if !NO_MODELS.contains(&id.as_str()) {
+        downloads.insert(id.clone(), unix_now());
+    }
     Ok(ok_json(
         &json!({ "message": format!("Model download started for {id}") }),
     ))
