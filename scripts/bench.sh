@@ -128,7 +128,7 @@ wait_ready() {
     exit 1
 }
 
-start backend "$BIN/mock-scope" --listen 127.0.0.1:0 --quiet
+start backend "$BIN/mock-scope" --listen 127.0.0.1:0 --quiet --pipeline passthrough
 start_router router
 wait_ready "$router_ADDR"
 echo "bench: mock-scope (pid $backend_PID) at $backend_ADDR, scope-router (pid $router_PID) at $router_ADDR; load before: $LOAD_BEFORE" >&2

@@ -1,4 +1,7 @@
 //! The schema-driven contract: cases generated from the routes and their schemas' examples, run against any live endpoint.
+//!
+//! A little over 500 lines with its unit tests: case generation, judging and the runner
+//! share the case type and are read together.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -198,7 +201,8 @@ pub fn unchecked_routes(table: &RouteTable) -> Vec<String> {
                 .and_then(|s| table.schemas.get(s))
                 .is_some_and(|s| {
                     !s.examples().is_empty()
-                        && s.source.get("x-contract-stateful").and_then(Value::as_bool) != Some(true)
+                        && s.source.get("x-contract-stateful").and_then(Value::as_bool)
+                            != Some(true)
                 })
         })
         .map(|r| r.name.to_string())

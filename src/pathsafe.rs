@@ -147,7 +147,10 @@ mod tests {
         );
         assert_eq!(ok("/api/v1/x?a=1#2&b=3").1, "/api/v1/x?a=1%232&b=3");
         assert_eq!(ok("/api/v1/x?a=%20&b=c+d").1, "/api/v1/x?a=%20&b=c+d");
-        assert_eq!(normalize("/api/v1/x?a=\u{7}"), Err(PathError::ForbiddenChar));
+        assert_eq!(
+            normalize("/api/v1/x?a=\u{7}"),
+            Err(PathError::ForbiddenChar)
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::conn::ConnHandle;
 use crate::publish::{Readiness, ReloadStatus, SupervisorStatus, View};
+use crate::session::admission::HandshakePermit;
 use crate::session::{self, Shared};
 
 /// What the listener reads: the sessions' shared state and the control plane's status.
@@ -206,13 +207,6 @@ pub fn describe_metrics() {
     }
 }
 
-/// A handshake's place among `max_handshakes`: held from accept until the upgrade and the
-/// token check are done (it travels into the session in the request's extensions).
-#[derive(Clone)]
-pub struct HandshakePermit {
-    _held: Arc<tokio::sync::OwnedSemaphorePermit>,
-}
-
 /// Serves `app` on `listener` until `stop` resolves.
 ///
 /// Each accepted socket gets `TCP_NODELAY` (a reply and a pushed message are separate
@@ -252,19 +246,23 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(limit = max_handshakes, "refused: too many handshakes in progress");
+            tracing::warn!(
+                limit = max_handshakes,
+                "refused: too many handshakes in progress"
+            );
             metrics::counter!("scope_router_handshakes_refused_total").increment(1);
             let _ = tcp.try_write(
                 b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             );
             continue;
         };
-        let permit = HandshakePermit {
-            _held: Arc::new(permit),
-        };
-        let service =
-            hyper_util::service::TowerToHyperService::new(app.clone().layer(axum::Extension(permit)));
-        let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
+        let permit = HandshakePermit::new(permit);
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(permit)),
+        );
+        let conn = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
         let mut stopped = stopped.clone();
         tasks.spawn(async move {
             tokio::pin!(conn);

@@ -271,10 +271,9 @@ async fn route_on_json_pointer() {
     let v = ws
         .call("s", json!({"type": "hello", "meta": {"kind": "status"}}))
         .await;
-    assert_eq!(
-        v,
-        json!({"type": "status", "data": {"status": "not_loaded"}, "request_id": "s"})
-    );
+    assert_eq!(v["type"], "status", "{v}");
+    assert_eq!(v["request_id"], "s", "{v}");
+    assert_eq!(v["data"]["status"], "loaded", "{v}");
     assert_eq!(
         mock_recent(&m, "GET", "/api/v1/pipeline/status")
             .await

@@ -142,7 +142,7 @@ async fn icecandidate_with_explicit_own_session_id() {
         .to_owned();
     assert_ne!(first, second);
     // Name the older session explicitly: the candidate must go there, not to the latest.
-    let cand = json!({"candidate": "candidate:2 1 UDP 1 192.0.2.11 5000 typ host", "sdpMid": null, "sdpMLineIndex": null});
+    let cand = json!({"candidate": "candidate:2 1 UDP 1 192.0.2.11 5000 typ host", "sdpMid": "0", "sdpMLineIndex": null});
     let ack = ws
         .call_with_id(
             json!({"k": 1}),

@@ -1,4 +1,7 @@
 //! Parity with the real Scope server (docs/scope-server-checks.md) through the router: what an offer needs (a loaded pipeline, `initialParameters.pipeline_ids`), trickled candidates and forgotten sessions, pipeline load rules and status order, `/health`, assets. The `parity_*` tests also run against a real `daydream-scope` (`SCOPE_PARITY_BACKEND=<url>`, see scripts/real-scope.sh); the others need mock-scope's control plane.
+//!
+//! About 800 lines on purpose: one test per rule of the parity list, in the list's order,
+//! each runnable against the real server; split, the list would no longer read as one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;

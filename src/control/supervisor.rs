@@ -458,7 +458,11 @@ mod tests {
         assert_eq!(&*rx.recv().await.unwrap(), "\u{fffd}\u{fffd}bad utf8");
         let long = rx.recv().await.unwrap();
         assert!(long.len() < MAX_LOG_LINE + 64, "a long line is cut");
-        assert!(long.ends_with(" …[10 more bytes cut]"), "{}", &long[long.len() - 40..]);
+        assert!(
+            long.ends_with(" …[10 more bytes cut]"),
+            "{}",
+            &long[long.len() - 40..]
+        );
         assert_eq!(&*rx.recv().await.unwrap(), "last");
     }
 

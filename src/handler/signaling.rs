@@ -137,9 +137,15 @@ impl Handle for SignalingHandler {
     }
 }
 
+/// A session id goes into one path segment: everything but letters, digits, `-`, `_` and
+/// `~` is encoded, so a uuid stays as written and no id can be a `.` or `..` segment.
+const SESSION_ID_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
+
 fn session_path(base: &str, id: &str) -> String {
-    let enc: String =
-        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).collect();
+    let enc: String = percent_encoding::utf8_percent_encode(id, SESSION_ID_ENCODE).collect();
     format!("{base}/{enc}")
 }
 

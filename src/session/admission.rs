@@ -5,6 +5,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+/// A handshake's place among `max_handshakes`: held from accept until the upgrade and the
+/// token check are done (it travels into the session in the request's extensions).
+#[derive(Clone)]
+pub struct HandshakePermit {
+    _held: std::sync::Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl HandshakePermit {
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self {
+            _held: std::sync::Arc::new(permit),
+        }
+    }
+}
+
 /// The listener-wide counts a connection takes part in.
 pub struct Slots {
     /// Connections admitted and not yet in cleanup (checked against `max_connections`).

@@ -42,7 +42,7 @@ pub struct Upgrade {
     pub token: Option<String>,
     /// The connection's place among the handshakes in progress, given up once the token
     /// has been checked.
-    pub handshake: Option<crate::server::HandshakePermit>,
+    pub handshake: Option<admission::HandshakePermit>,
 }
 
 /// Why a connection ended, for the disconnect log line.

@@ -248,8 +248,11 @@ pub fn mock(extra: &[&str]) -> Proc {
 /// Starts `mock-scope` on a free port with extra environment variables.
 pub fn mock_env(extra: &[&str], envs: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(MOCK.as_str());
+    // Offers need a loaded pipeline, as on the real server: the tests' backend starts with
+    // one (a test that wants none passes `--require-pipeline`).
     cmd.args(["--listen", "127.0.0.1:0", "--quiet"])
         .args(extra)
+        .env("PIPELINE", "passthrough")
         .envs(envs.iter().copied());
     Proc::start(cmd, "mock-scope listening on")
 }
@@ -262,6 +265,8 @@ pub fn mock_command(port: u16, extra: &[&str]) -> Vec<String> {
         "127.0.0.1".into(),
         "--port".into(),
         port.to_string(),
+        "--pipeline".into(),
+        "passthrough".into(),
     ];
     v.extend(extra.iter().map(|s| s.to_string()));
     v

@@ -220,7 +220,7 @@ const MIX: [Op; 10] = [
     Op::IceServers,
     Op::ApiGet(STATUS_PATH),
     Op::IceCandidate,
-    Op::ApiGet("/api/v1/lora/list"),
+    Op::ApiGet("/api/v1/loras"),
     Op::ApiGet(STATUS_PATH),
 ];
 
