@@ -177,7 +177,8 @@ fn wrong_type_is_placed() {
 fn bad_duration_is_placed() {
     let e = broken("bad_duration.yaml");
     assert_placed(&e, "bad_duration.yaml", 9);
-    assert_mentions(&e, "bad_duration.yaml", &["soon"]);
+    assert_mentions(&e, "bad_duration.yaml", &["invalid duration"]);
+    assert!(!e.contains("soon"), "the value is not quoted back: {e}");
 }
 
 #[test]

@@ -207,9 +207,17 @@ fn parse_once(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
         with_snippet: false,
     };
     let file: RoutesFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let mut message = strip_location(&e.to_string());
+        let mut message = redact(&strip_location(&e.to_string()));
         match e.location() {
             Some(loc) => {
+                if let Some((line, column)) = over_indented_next(text, loc.line(), &message) {
+                    return ConfigError::at_line(
+                        path,
+                        Some(line),
+                        Some(column),
+                        format!("{message}: this line is indented under the value above it (a bad indent?)"),
+                    );
+                }
                 // A route's own check (exactly one handler) cannot see its name: find the
                 // key that owns the mapping at this place and name it.
                 if message.starts_with(types::ROUTE_HANDLER_ERROR)
@@ -229,6 +237,55 @@ fn parse_once(path: &Path, text: &str) -> Result<RoutesFile, ConfigError> {
         ));
     }
     Ok(file)
+}
+
+/// A value error whose real cause is the next line, indented under the value so that YAML
+/// read it as the value's continuation: that line's place, to report it there.
+fn over_indented_next(text: &str, line: u64, message: &str) -> Option<(u64, u64)> {
+    if !message.starts_with("invalid") {
+        return None;
+    }
+    let idx = usize::try_from(line).ok()?;
+    let mut lines = text.lines().skip(idx.checked_sub(1)?);
+    let here = lines.next()?;
+    let next = lines.next()?;
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let t = next.trim();
+    let looks_like_key = t
+        .split_once(':')
+        .is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '));
+    (here.contains(':') && indent(next) > indent(here) && looks_like_key && !t.starts_with('#'))
+        .then(|| (line + 1, indent(next) as u64 + 1))
+}
+
+/// The error with the file's values taken out: a bad line may hold a secret, and the
+/// message travels to logs and `/readyz`. Keys and the kind of error stay.
+fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    // `unknown variant `x`` names the value written; field names elsewhere are keys.
+    if let Some(tail) = rest.strip_prefix("unknown variant `")
+        && let Some(end) = tail.find('`')
+    {
+        out.push_str("unknown variant `…`");
+        rest = tail.get(end + 1..).unwrap_or_default();
+    }
+    let mut in_quote = false;
+    for c in rest.chars() {
+        match (c, in_quote) {
+            ('"', false) => {
+                out.push_str("\"…");
+                in_quote = true;
+            }
+            ('"', true) => {
+                out.push('"');
+                in_quote = false;
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 /// The key of the mapping whose first entry is at `line:column` (1-based): the nearest line
@@ -342,6 +399,28 @@ mod tests {
     }
 
     #[test]
+    fn values_are_never_quoted_back() {
+        let text = MIN.replace("version: 1", "version: 1\nlisten: [\"sk-secret-123\"]");
+        let e = err(&text);
+        assert!(!e.contains("sk-secret"), "{e}");
+        let text = MIN.replace(
+            "  url: http://127.0.0.1:1",
+            "  url: http://127.0.0.1:1\n  restart: { policy: sk-secret-456 }",
+        );
+        let e = err(&text);
+        assert!(!e.contains("sk-secret"), "{e}");
+        assert!(e.contains("routes.yaml:4:"), "{e}");
+    }
+
+    #[test]
+    fn an_over_indented_line_is_reported_where_it_is() {
+        let text = "version: 1\nbackend:\n  url: http://127.0.0.1:1\nconnection:\n  max_in_flight: 3\n    rate: 4\nroutes: {}\n";
+        let e = err(text);
+        assert!(e.starts_with("routes.yaml:6:5: invalid"), "{e}");
+        assert!(e.contains("a bad indent?"), "{e}");
+    }
+
+    #[test]
     fn syntax_error_is_placed() {
         insta::assert_snapshot!(err("version: 1\nbackend: [\n"), @"routes.yaml:2:10: expected mapping start");
     }
@@ -358,7 +437,7 @@ mod tests {
             "  url: http://127.0.0.1:1",
             "  url: http://127.0.0.1:1\n  health: { interval: soon }",
         );
-        insta::assert_snapshot!(err(&text), @r#"routes.yaml:4:23: invalid duration "soon": expected number at 0"#);
+        insta::assert_snapshot!(err(&text), @r#"routes.yaml:4:23: invalid duration "…": expected number at 0"#);
     }
 
     #[test]
