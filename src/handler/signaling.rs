@@ -277,25 +277,32 @@ async fn ice_candidate(
     Ok(Reply::value(rid, obj, Outcome::Ok))
 }
 
-/// DELETEs every session `conn` opened; run on disconnect.
+/// DELETEs every session `conn` opened, a few at a time; run on disconnect.
 pub async fn close_sessions(upstream: &Upstream, offer_path: &str, conn: &ConnHandle) {
+    use futures_util::StreamExt;
     let Some(sessions) = conn.existing_state::<Sessions>() else {
         return;
     };
-    for id in sessions.take() {
-        let result = upstream
-            .call(
-                Method::DELETE,
-                &session_path(offer_path, &id),
-                None,
-                Duration::from_secs(10),
-            )
-            .await;
-        match result {
-            Ok(r) => {
-                tracing::info!(session = %id, status = r.status.as_u16(), "WebRTC session closed")
+    futures_util::stream::iter(sessions.take())
+        .for_each_concurrent(CLOSE_CONCURRENCY, |id| async move {
+            let result = upstream
+                .call(
+                    Method::DELETE,
+                    &session_path(offer_path, &id),
+                    None,
+                    Duration::from_secs(10),
+                )
+                .await;
+            match result {
+                Ok(r) => {
+                    tracing::info!(session = %id, status = r.status.as_u16(), "WebRTC session closed")
+                }
+                Err(e) => tracing::warn!(session = %id, error = %e, "could not close WebRTC session"),
             }
-            Err(e) => tracing::warn!(session = %id, error = %e, "could not close WebRTC session"),
-        }
-    }
+        })
+        .await;
 }
+
+/// Sessions closed at once on disconnect: many sessions end in a few round trips, and the
+/// backend is not flooded.
+const CLOSE_CONCURRENCY: usize = 8;
