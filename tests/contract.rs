@@ -144,16 +144,8 @@ async fn a_new_route_with_a_schema_and_examples_adds_passing_cases() {
 }
 
 fn check_cmd(url: &str, routes: &Path, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(ROUTER)
-        .args(["check", "--url", url, "--routes"])
-        .arg(routes)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (code, out, _) = router_check(url, routes, extra);
+    (code == Some(0), out)
 }
 
 #[tokio::test]

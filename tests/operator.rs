@@ -42,20 +42,6 @@ fn routes_with_custom() -> TempRoutes {
     t
 }
 
-fn check(url: &str, routes: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(ROUTER)
-        .args(["check", "--url", url, "--routes"])
-        .arg(routes)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn check_passes_routes_without_reply_schemas_and_never_sends_a_fixed_post() {
     let routes = routes_with_custom();
@@ -63,7 +49,7 @@ async fn check_passes_routes_without_reply_schemas_and_never_sends_a_fixed_post(
     let r = router(&routes.path, &m.http(), &[]);
     let (url, path) = (r.ws_url(), routes.path.clone());
     let (code, out, _) = tokio::task::spawn_blocking(move || {
-        check(
+        router_check(
             &url,
             &path,
             &["--only", "pipeline_state,load_pipeline,ping"],
@@ -100,7 +86,7 @@ async fn check_passes_routes_without_reply_schemas_and_never_sends_a_fixed_post(
     // With --include-mutating it runs, and reaches the backend.
     let (url, path) = (r.ws_url(), routes.path.clone());
     let (code, out, _) = tokio::task::spawn_blocking(move || {
-        check(
+        router_check(
             &url,
             &path,
             &["--only", "load_pipeline", "--include-mutating"],
@@ -122,7 +108,7 @@ async fn check_only_with_an_unknown_route_is_an_error_that_lists_the_routes() {
     let url = r.ws_url();
     let routes = repo().join("routes.yaml");
     let (code, out, err) =
-        tokio::task::spawn_blocking(move || check(&url, &routes, &["--only", "pingg"]))
+        tokio::task::spawn_blocking(move || router_check(&url, &routes, &["--only", "pingg"]))
             .await
             .unwrap();
     assert_eq!(code, Some(1), "{out}{err}");

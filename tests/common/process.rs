@@ -377,3 +377,19 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
+
+/// Runs `scope-router check --url URL --routes ROUTES EXTRA…` to completion: its exit code,
+/// stdout and stderr.
+pub fn router_check(url: &str, routes: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(ROUTER)
+        .args(["check", "--url", url, "--routes"])
+        .arg(routes)
+        .args(extra)
+        .output()
+        .expect("run scope-router check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
