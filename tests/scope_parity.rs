@@ -226,6 +226,18 @@ async fn api_call(ws: &mut Ws, rid: &str, method: &str, path: &str, body: Option
 }
 
 /// An offer through the router with `initialParameters`; returns the reply.
+/// Polls the pipeline status through the router until it says `want`; that status reply.
+async fn status_until(ws: &mut Ws, want: &str) -> Value {
+    let mut n = 0;
+    eventually(format!("the status to say {want}"), async || {
+        n += 1;
+        let rid = format!("status-{want}-{n}");
+        let s = api_call(ws, &rid, "GET", "/api/v1/pipeline/status", None).await;
+        (s["data"]["status"] == want).then_some(s)
+    })
+    .await
+}
+
 async fn offer_with(ws: &mut Ws, rid: &str, sdp: &str, params: Value) -> Value {
     ws.call(
         rid,
@@ -441,20 +453,7 @@ async fn offer_without_pipeline_ids_brings_no_frame_back_and_one_with_them_does(
     )
     .await;
     assert_eq!(load["status"], 200, "{load}");
-    let mut n = 0;
-    eventually("the status to say loaded", async || {
-        n += 1;
-        let s = api_call(
-            &mut ws,
-            &format!("st{n}"),
-            "GET",
-            "/api/v1/pipeline/status",
-            None,
-        )
-        .await;
-        (s["data"]["status"] == "loaded").then_some(())
-    })
-    .await;
+    status_until(&mut ws, "loaded").await;
 
     // A stream whose offer names no pipeline: connected, its video received, nothing sent back.
     let (client, sdp) = b.client_offer().await;
@@ -626,20 +625,7 @@ async fn parity_pipeline_load_rules_and_the_status_order() {
     )
     .await;
     assert_eq!(v["status"], 200, "{v}");
-    let mut n = 0;
-    eventually("the status to say error", async || {
-        n += 1;
-        let s = api_call(
-            &mut ws,
-            &format!("e{n}"),
-            "GET",
-            "/api/v1/pipeline/status",
-            None,
-        )
-        .await;
-        (s["data"]["status"] == "error").then_some(())
-    })
-    .await;
+    status_until(&mut ws, "error").await;
     let s = api_call(&mut ws, "after", "GET", "/api/v1/pipeline/status", None).await;
     assert_eq!(
         s["data"]["status"], "not_loaded",
