@@ -4,12 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Request, StatusCode, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolConfig;
 
@@ -26,6 +28,34 @@ pub struct BackendResponse {
     pub status: StatusCode,
     pub content_type: String,
     pub body: Bytes,
+    /// The body's share of the process-wide response budget, given back when this is dropped.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl BackendResponse {
+    /// An answer made here (tests, local replies): it holds no budget.
+    pub fn new(status: StatusCode, content_type: String, body: Bytes) -> Self {
+        Self {
+            status,
+            content_type,
+            body,
+            _budget: None,
+        }
+    }
+}
+
+/// A backend answer whose body has not been read yet: the caller streams it or reads it whole.
+///
+/// It holds its place among `pool.max_connections` until it is dropped.
+#[derive(Debug)]
+pub struct Opened {
+    pub status: StatusCode,
+    pub content_type: String,
+    /// The body's length, when the backend said it.
+    pub content_length: Option<u64>,
+    pub body: Incoming,
+    _call: Option<OwnedSemaphorePermit>,
+    budget: Arc<Semaphore>,
 }
 
 /// Why a backend call produced no answer.
@@ -43,6 +73,8 @@ pub enum BackendError {
     Failed(String),
     #[error("backend answered with status {0}, which is not a final HTTP status")]
     BadStatus(u16),
+    #[error("the router holds as many backend responses as it may ({0} bytes); try again")]
+    Busy(usize),
 }
 
 /// The shared HTTP clients: one keep-alive pool to the backend, one for other hosts.
@@ -53,6 +85,11 @@ pub struct Backend {
     client: Client<HttpConnector, ReqBody>,
     /// Calls to other hosts (authorizers, CDN fetches), over https or http; never redirected.
     outbound: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Backend calls in flight, each on its own connection (`pool.max_connections`).
+    calls: Arc<Semaphore>,
+    /// Response bytes held in memory by all calls together, in KiB (`pool.max_buffered_bytes`).
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
 }
 
 impl Backend {
@@ -74,7 +111,14 @@ impl Backend {
         let outbound = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
-        Arc::new(Backend { client, outbound })
+        let kib = (pool.max_buffered_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Backend {
+            client,
+            outbound,
+            calls: Arc::new(Semaphore::new(pool.max_connections.max(1))),
+            budget: Arc::new(Semaphore::new(kib)),
+            budget_bytes: pool.max_buffered_bytes,
+        })
     }
 
     /// One call to another host (an authorizer, a CDN), http or https, body capped at `limit`.
@@ -88,8 +132,110 @@ impl Backend {
         limit: usize,
     ) -> Result<BackendResponse, BackendError> {
         let req = build_request(method, uri, body, headers)?;
-        exchange(&self.outbound, req, limit, timeout).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let opened = within(deadline, self.open_on(&self.outbound, req, None)).await?;
+        within(deadline, opened.read_whole(limit, self.budget_bytes)).await
     }
+
+    /// Sends `req` on `client` and returns as soon as the status and headers are in.
+    async fn open_on<C, B>(
+        &self,
+        client: &Client<C, B>,
+        req: Request<B>,
+        call: Option<OwnedSemaphorePermit>,
+    ) -> Result<Opened, BackendError>
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+        B: hyper::body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let resp = client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                BackendError::Unavailable
+            } else {
+                BackendError::Failed(error_chain(&e))
+            }
+        })?;
+        let status = resp.status();
+        // An informational or out-of-range status is not an answer a client can use.
+        if !(200..=599).contains(&status.as_u16()) {
+            return Err(BackendError::BadStatus(status.as_u16()));
+        }
+        let headers = resp.headers();
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let content_length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        Ok(Opened {
+            status,
+            content_type,
+            content_length,
+            body: resp.into_body(),
+            _call: call,
+            budget: self.budget.clone(),
+        })
+    }
+}
+
+impl Opened {
+    /// Reads the whole body, at most `limit` bytes, each byte counted against the
+    /// process-wide response budget (`budget_bytes` in all) while the answer is held.
+    pub async fn read_whole(
+        mut self,
+        limit: usize,
+        budget_bytes: usize,
+    ) -> Result<BackendResponse, BackendError> {
+        if self.content_length.is_some_and(|n| n > limit as u64) {
+            return Err(BackendError::TooLarge(limit));
+        }
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        let mut held_kib = 0usize;
+        let mut out = bytes::BytesMut::new();
+        while let Some(frame) = self.body.frame().await {
+            let frame = frame.map_err(|e| BackendError::Failed(error_chain(&e)))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if out.len() + data.len() > limit {
+                return Err(BackendError::TooLarge(limit));
+            }
+            out.extend_from_slice(&data);
+            let need = out.len().div_ceil(1024).saturating_sub(held_kib);
+            if need > 0 {
+                let more = u32::try_from(need)
+                    .ok()
+                    .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok())
+                    .ok_or(BackendError::Busy(budget_bytes))?;
+                held_kib += need;
+                match &mut held {
+                    Some(h) => h.merge(more),
+                    None => held = Some(more),
+                }
+            }
+        }
+        Ok(BackendResponse {
+            status: self.status,
+            content_type: self.content_type,
+            body: out.freeze(),
+            _budget: held,
+        })
+    }
+}
+
+/// Runs `fut` until `deadline`; past it, the call has timed out.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    fut: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    tokio::time::timeout_at(deadline, fut)
+        .await
+        .unwrap_or(Err(BackendError::Timeout))
 }
 
 /// The backend as one snapshot sees it: its base URL, parsed once at load, over the shared pool.
@@ -172,9 +318,53 @@ impl Upstream {
         body: Option<(Bytes, &str)>,
         timeout: Duration,
     ) -> Result<BackendResponse, BackendError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let opened = within(deadline, self.open(method, path_and_query, body)).await?;
+        within(deadline, self.read_whole(opened)).await
+    }
+
+    /// Reads an opened answer whole, within this backend's response cap.
+    pub async fn read_whole(&self, opened: Opened) -> Result<BackendResponse, BackendError> {
+        self.read_whole_within(opened, self.max_response_bytes)
+            .await
+    }
+
+    /// Reads an opened answer whole, at most `limit` bytes (a route's own cap).
+    pub async fn read_whole_within(
+        &self,
+        opened: Opened,
+        limit: usize,
+    ) -> Result<BackendResponse, BackendError> {
+        opened.read_whole(limit, self.pool.budget_bytes).await
+    }
+
+    /// The backend's response cap (`backend.pool.max_response_bytes`).
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
+    }
+
+    /// Sends a call and returns once the status and headers are in (the caller applies its timeout).
+    ///
+    /// Waits for a place among `pool.max_connections` first.
+    pub async fn open(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &str)>,
+    ) -> Result<Opened, BackendError> {
         let uri = self.uri(path_and_query)?;
         let req = build_request(method, uri, body, &[])?.map(http_body_util::Either::Left);
-        exchange(&self.pool.client, req, self.max_response_bytes, timeout).await
+        let call = self.place().await?;
+        self.pool.open_on(&self.pool.client, req, Some(call)).await
+    }
+
+    async fn place(&self) -> Result<OwnedSemaphorePermit, BackendError> {
+        self.pool
+            .calls
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| BackendError::Unavailable)
     }
 
     /// One call with a streamed body of known length (an assembled upload).
@@ -196,14 +386,27 @@ impl Upstream {
                 http_body_util::StreamBody::new(body),
             ))
             .map_err(|e| BackendError::BadRequest(e.to_string()))?;
-        exchange(&self.pool.client, req, self.max_response_bytes, timeout).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let opened = within(deadline, async {
+            let call = self.place().await?;
+            self.pool.open_on(&self.pool.client, req, Some(call)).await
+        })
+        .await?;
+        within(deadline, self.read_whole(opened)).await
     }
 
-    /// One health probe: true on a 2xx within `timeout`.
+    /// One health probe: true on a 2xx within `timeout`. It does not wait for a place among
+    /// `pool.max_connections`: busy clients must not make the backend look down.
     pub async fn probe(&self, path: &str, timeout: Duration) -> bool {
+        let probe = async {
+            let uri = self.uri(path)?;
+            let req = build_request(Method::GET, uri, None, &[])?.map(http_body_util::Either::Left);
+            let opened = self.pool.open_on(&self.pool.client, req, None).await?;
+            self.read_whole_within(opened, 64 * 1024).await
+        };
         matches!(
-            self.call(Method::GET, path, None, timeout).await,
-            Ok(r) if r.status.is_success()
+            tokio::time::timeout(timeout, probe).await,
+            Ok(Ok(r)) if r.status.is_success()
         )
     }
 }
@@ -227,61 +430,6 @@ fn build_request(
     };
     req.body(body)
         .map_err(|e| BackendError::BadRequest(e.to_string()))
-}
-
-/// Sends `req` on `client` and reads the whole body (at most `limit` bytes), all within `timeout`.
-async fn exchange<C, B>(
-    client: &Client<C, B>,
-    req: Request<B>,
-    limit: usize,
-    timeout: Duration,
-) -> Result<BackendResponse, BackendError>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-    B: hyper::body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let exchange = async {
-        let resp = client.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                BackendError::Unavailable
-            } else {
-                BackendError::Failed(error_chain(&e))
-            }
-        })?;
-        let status = resp.status();
-        // An informational or out-of-range status is not an answer a client can use.
-        if !(200..=599).contains(&status.as_u16()) {
-            return Err(BackendError::BadStatus(status.as_u16()));
-        }
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let body = Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    BackendError::TooLarge(limit)
-                } else {
-                    BackendError::Failed(e.to_string())
-                }
-            })?
-            .to_bytes();
-        Ok(BackendResponse {
-            status,
-            content_type,
-            body,
-        })
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(BackendError::Timeout),
-    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -92,19 +92,31 @@ async fn send_chunks(
 }
 
 /// Receives a chunked download after its header, acknowledging as it goes.
-async fn receive_download(ws: &mut Ws, header: &Value) -> Vec<u8> {
+/// Receives a JSON-chunk download to its `download_done`, acknowledging each chunk; checks the
+/// chunk count and length against the header's and returns the bytes and the done message.
+async fn receive_download(ws: &mut Ws, header: &Value) -> (Vec<u8>, Value) {
     let id = header["download_id"].as_str().unwrap().to_owned();
-    let chunks = header["chunks"].as_u64().unwrap();
-    let mut out = Vec::with_capacity(header["_content_length"].as_u64().unwrap() as usize);
-    for seq in 0..chunks {
+    let mut out = Vec::with_capacity(header["_content_length"].as_u64().unwrap_or(0) as usize);
+    let mut seq = 0u64;
+    let done = loop {
         let m = ws.recv().await;
+        if m["type"] == "download_done" {
+            break m;
+        }
         assert_eq!(m["type"], "download_chunk", "{m}");
         assert_eq!(m["seq"], seq, "chunks arrive in order");
         out.extend(unb64(&m["data"]));
         ws.send(&json!({"type": "download_ack", "download_id": id, "seq": seq}))
             .await;
+        seq += 1;
+    };
+    assert_eq!(done["download_id"], id.as_str(), "{done}");
+    assert_eq!(done["chunks"], seq, "{done}");
+    assert_eq!(done["_content_length"], out.len(), "{done}");
+    if header["chunks"].is_u64() {
+        assert_eq!(header["chunks"], seq, "{header}");
     }
-    out
+    (out, done)
 }
 
 #[tokio::test]
@@ -135,9 +147,9 @@ async fn fifty_megabytes_up_and_down_with_matching_sha256_and_bounded_memory() {
     assert_eq!(header["_chunked"], true, "{header}");
     assert_eq!(header["_content_length"], size);
     assert_eq!(header["_content_type"], "video/mp4");
-    let got = receive_download(&mut ws, &header).await;
+    let (got, done) = receive_download(&mut ws, &header).await;
     assert_eq!(got.len(), size);
-    assert_eq!(sha256_hex(&got), header["sha256"].as_str().unwrap());
+    assert_eq!(sha256_hex(&got), done["sha256"].as_str().unwrap());
     assert!(
         got == pattern(size),
         "downloaded bytes differ from the backend's"

@@ -390,11 +390,13 @@ export class ScopeClient extends EventTarget {
   /**
    * Downloads `path` (a GET through the socket) as a Blob. Large binary answers come as a header and
    * numbered chunks (`"_chunked": true`; binary frames unless `binary: false`), each acknowledged with
-   * `download_ack`; the whole is checked against the header's length and sha256. Small answers come
+   * `download_ack`; `download_done` follows the last chunk with the length and sha256, which the
+   * whole is checked against (the router streams the body, so it knows them only then). Small answers come
    * in one message, as the router sends them. Rejects on status 400 or more, on a checksum mismatch,
    * when the socket closes, and when no chunk arrives for `timeoutMs`.
    *
-   * `onProgress({ loaded, total, sha256, downloadId, chunks, binary })`: sha256 is the header's.
+   * `onProgress({ loaded, total, sha256, downloadId, chunks, binary })`: total and chunks are the
+   * header's (null when the backend did not say its length), sha256 is null until `download_done`.
    */
   async downloadFile(path, { onProgress = null, binary = true, timeoutMs } = {}) {
     const idle = timeoutMs ?? this.options.requestTimeoutMs;
@@ -417,7 +419,6 @@ export class ScopeClient extends EventTarget {
       callSafely(onProgress, { loaded: blob.size, total: blob.size, sha256: null, downloadId: null, chunks: 0, binary: false });
       return blob;
     }
-    if (reply.chunks === 0) this._finishDownload(reply.download_id, dl);
     return dl.done;
   }
 
@@ -761,7 +762,24 @@ export class ScopeClient extends EventTarget {
       chunks: h.chunks,
       binary: h.binary === true,
     });
-    if (dl.next >= h.chunks) this._finishDownload(id, dl);
+    if (dl.last && dl.next >= dl.last.chunks) this._finishDownload(id, dl);
+  }
+
+  /** The end of a chunked download: its length, chunk count and sha256; finish once every chunk is here. */
+  _onDownloadDone(msg) {
+    const dl = this._downloads.get(msg.download_id);
+    if (!dl || !Number.isInteger(msg.chunks)) return;
+    dl.last = msg;
+    dl.header = { ...dl.header, sha256: msg.sha256, _content_length: msg._content_length, chunks: msg.chunks };
+    callSafely(dl.onProgress, {
+      loaded: dl.loaded,
+      total: msg._content_length,
+      sha256: msg.sha256,
+      downloadId: msg.download_id,
+      chunks: msg.chunks,
+      binary: dl.header.binary === true,
+    });
+    if (dl.next >= msg.chunks) this._finishDownload(msg.download_id, dl);
   }
 
   _finishDownload(id, dl) {
@@ -887,6 +905,10 @@ export class ScopeClient extends EventTarget {
       return;
     }
 
+    if (msg.type === "download_done" && msg.request_id === undefined) {
+      this._onDownloadDone(msg);
+      return;
+    }
     if (msg.type === "download_chunk" && msg.request_id === undefined) {
       if (typeof msg.data === "string") this._onDownloadChunk(msg.download_id, msg.seq, base64ToBytes(msg.data));
       return;
@@ -909,9 +931,12 @@ export class ScopeClient extends EventTarget {
         waiter.reject(new ScopeError(msg.error ?? "Upload chunk refused", { reply: msg, code: msg.code }));
         return;
       }
-      if (msg.code === "DOWNLOAD_ACK_TIMEOUT" && this._downloads.size > 0) {
-        // The error does not say which download: fail every one on this connection.
-        this._failDownloads(msg.error ?? "Download acknowledgement timeout", msg.code);
+      if (typeof msg.download_id === "string" && this._downloads.has(msg.download_id)) {
+        // DOWNLOAD_ACK_TIMEOUT or DOWNLOAD_FAILED: that download ends.
+        const dl = this._downloads.get(msg.download_id);
+        this._downloads.delete(msg.download_id);
+        clearTimeout(dl.timer);
+        dl.reject(new ScopeError(msg.error ?? "Download failed", { reply: msg, code: msg.code ?? null }));
         return;
       }
     }

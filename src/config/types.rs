@@ -69,6 +69,14 @@ pub struct TransferConfig {
     pub download_chunk_over: usize,
     /// Time a receiver may take to acknowledge download chunks before the download is dropped.
     pub ack_timeout: Dur,
+    /// Chunked downloads one connection may have at once; more get `TOO_MANY_DOWNLOADS`.
+    pub max_downloads: usize,
+    /// Uploads one connection may have in progress at once, whatever their size; more get
+    /// `TOO_MANY_UPLOADS`.
+    pub max_uploads: usize,
+    /// Uploads the router keeps at once over all connections, those waiting to be resumed
+    /// included; more get `TOO_MANY_UPLOADS`.
+    pub max_uploads_total: usize,
 }
 
 impl Default for TransferConfig {
@@ -83,6 +91,9 @@ impl Default for TransferConfig {
             idle_timeout: Dur::secs(600),
             download_chunk_over: 1024 * 1024,
             ack_timeout: Dur::secs(60),
+            max_downloads: 4,
+            max_uploads: 4,
+            max_uploads_total: 64,
         }
     }
 }
@@ -284,8 +295,15 @@ pub struct PoolConfig {
     pub max_idle: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Dur,
-    /// Largest backend response body accepted.
+    /// Largest backend response body read whole (a route may set a smaller cap). Larger
+    /// binary answers go out as chunked downloads, streamed, when the client asks for them.
     pub max_response_bytes: usize,
+    /// Backend calls in flight at once, over all connections; each holds one connection to
+    /// the backend. Further calls wait for a place within their own timeout.
+    pub max_connections: usize,
+    /// Response bytes all calls together may hold in memory; a call that would go over
+    /// is answered 503 (`ROUTER_BUSY`).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for PoolConfig {
@@ -293,7 +311,9 @@ impl Default for PoolConfig {
         Self {
             max_idle: 1024,
             idle_timeout: Dur::secs(90),
-            max_response_bytes: 256 * 1024 * 1024,
+            max_response_bytes: 48 * 1024 * 1024,
+            max_connections: 64,
+            max_buffered_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -617,6 +637,11 @@ pub struct ForwardConfig {
     /// bytes. Off unless hosts are listed: fetching client-supplied URLs is a request-forgery hole.
     #[serde(default)]
     pub cdn_uploads: Option<CdnConfig>,
+    /// Largest response body this route reads whole; at most, and by default,
+    /// `backend.pool.max_response_bytes`. Larger answers get a 502 (`RESPONSE_TOO_LARGE`),
+    /// unless they are binary and the message asked for `"_chunked": true`.
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
     /// Reply template for a JSON or text response (`response.*` is available).
     pub reply: Value,
     /// Reply template for a binary response (2xx with a binary content type). When absent, binary bodies go through `reply` as base64 text.
@@ -706,6 +731,29 @@ pub struct SignalingConfig {
     /// Add the connection id to offers as `connection_id`.
     #[serde(default)]
     pub add_connection_id: bool,
+    /// WebRTC sessions one connection may hold, offers in flight included (`offer` only).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// What an offer over `max_sessions` does: `close_oldest` (the default: the oldest
+    /// session is closed at the backend to make room, as a client that starts and stops
+    /// streams on one socket needs) or `refuse` (`TOO_MANY_SESSIONS`).
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+fn default_max_sessions() -> usize {
+    4
+}
+
+/// What an offer over `max_sessions` does.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Close the connection's oldest session to make room.
+    #[default]
+    CloseOldest,
+    /// Refuse the offer with `TOO_MANY_SESSIONS`.
+    Refuse,
 }
 
 fn default_offer_path() -> String {

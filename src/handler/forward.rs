@@ -56,6 +56,8 @@ pub struct ForwardSpec {
     pub allow: GlobSet,
     pub deny: GlobSet,
     pub base64_uploads: bool,
+    /// Largest body read whole (at most the backend's cap).
+    pub max_response_bytes: usize,
     pub timeout: Duration,
     pub timeouts: Vec<TimeoutRule>,
     pub add_connection_id: Vec<(Method, GlobMatcher)>,
@@ -112,9 +114,9 @@ impl From<BackendError> for Failure {
             BackendError::Timeout => (504, None, Outcome::Timeout),
             BackendError::BadRequest(_) => (400, None, Outcome::Rejected),
             BackendError::BadStatus(_) => (502, None, Outcome::BackendError),
-            BackendError::TooLarge(_) | BackendError::Failed(_) => {
-                (500, None, Outcome::BackendError)
-            }
+            BackendError::TooLarge(_) => (502, Some("RESPONSE_TOO_LARGE"), Outcome::BackendError),
+            BackendError::Busy(_) => (503, Some("ROUTER_BUSY"), Outcome::Unavailable),
+            BackendError::Failed(_) => (500, None, Outcome::BackendError),
         };
         Failure {
             status,
@@ -123,6 +125,17 @@ impl From<BackendError> for Failure {
             outcome,
         }
     }
+}
+
+/// The kind of a content type that never ends (an event stream, MJPEG), which no reply can carry.
+pub fn endless(content_type: &str) -> Option<&'static str> {
+    let ct = content_type.trim_start();
+    ["text/event-stream", "multipart/x-mixed-replace"]
+        .into_iter()
+        .find(|kind| {
+            ct.get(..kind.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(kind))
+        })
 }
 
 /// Whether a content type is sent back as base64 rather than JSON or text.
@@ -316,40 +329,86 @@ impl ForwardSpec {
         };
 
         let timeout = self.timeout_for(&method, &safe.decoded, upload);
-
-        let resp = self
-            .upstream
-            .call(
+        let deadline = tokio::time::Instant::now() + timeout;
+        let opened = tokio::time::timeout_at(
+            deadline,
+            self.upstream.open(
                 method,
                 &safe.wire,
                 payload.as_ref().map(|(b, ct)| (b.clone(), ct.as_str())),
-                timeout,
-            )
-            .await?;
+            ),
+        )
+        .await
+        .unwrap_or(Err(BackendError::Timeout))?;
         drop(payload);
 
-        // A large binary body goes out in acknowledged chunks when the client asked for that.
+        // What cannot be read whole (an endless stream, or a large binary the client wants in
+        // chunks) goes out as a chunked download, paced by the client's acknowledgements.
+        let endless = endless(&opened.content_type);
+        let unbounded = endless.is_some() || opened.content_length.is_none();
         let wants_chunks = msg.get("_chunked").and_then(Value::as_bool) == Some(true);
         if wants_chunks
-            && resp.status == hyper::StatusCode::OK
-            && is_binary(&resp.content_type)
-            && resp.body.len() > self.transfers.download_chunk_over
+            && opened.status == hyper::StatusCode::OK
+            && (endless.is_some() || is_binary(&opened.content_type))
+            && opened
+                .content_length
+                .is_none_or(|n| n > self.transfers.download_chunk_over as u64)
         {
             let binary = msg.get("_binary").and_then(Value::as_bool) == Some(true);
-            let started = transfer::download::start_download(
+            let source = transfer::download::Source {
+                opened,
+                idle: timeout,
+            };
+            return match transfer::download::start_download(
                 req.conn.clone(),
                 &self.transfers,
                 req.request_id.clone(),
-                resp.status.as_u16(),
-                resp.content_type.clone(),
-                resp.body.clone(),
+                source,
                 binary,
-            );
-            if started {
+            ) {
                 // The header went out with the chunks, in order; nothing more to send here.
-                return Ok(Answer::Streamed);
-            }
+                Ok(()) => Ok(Answer::Streamed),
+                Err(e) => Ok(Answer::Reply(crate::envelope::refuse(
+                    req.request_id.as_ref(),
+                    &e,
+                ))),
+            };
         }
+        let streamed_type = endless.or_else(|| {
+            (unbounded && opened.content_type.trim_start().starts_with("video/"))
+                .then_some("a video stream of unknown length")
+        });
+        if let (Some(kind), true) = (streamed_type, opened.status.is_success()) {
+            return Err(Failure {
+                status: 502,
+                message: format!(
+                    "{} answers an endless stream ({kind}), which one reply cannot carry; \
+                     ask with \"_chunked\": true to receive it as a chunked download",
+                    safe.decoded
+                ),
+                code: Some("STREAMING_RESPONSE"),
+                outcome: Outcome::BackendError,
+            });
+        }
+        let resp = tokio::time::timeout_at(
+            deadline,
+            self.upstream
+                .read_whole_within(opened, self.max_response_bytes),
+        )
+        .await
+        .unwrap_or(Err(BackendError::Timeout))
+        .map_err(|e| match e {
+            BackendError::TooLarge(n) => Failure {
+                status: 502,
+                message: format!(
+                    "Response over {n} bytes; binary files this large come as a chunked \
+                     download when the message asks with \"_chunked\": true"
+                ),
+                code: Some("RESPONSE_TOO_LARGE"),
+                outcome: Outcome::BackendError,
+            },
+            other => Failure::from(other),
+        })?;
         Ok(Answer::Reply(self.render_response(req, &resp)))
     }
 

@@ -15,32 +15,80 @@ use crate::envelope::{Answer, Outcome, Refuse, Reply, Request, refuse};
 /// The WebRTC sessions one connection opened, oldest first (a per-connection extension).
 #[derive(Debug, Default)]
 pub struct Sessions {
-    ids: Mutex<Vec<String>>,
+    inner: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    ids: Vec<String>,
+    /// Offers sent and not answered yet; each may become a session.
+    pending: usize,
+}
+
+/// An offer's place among the connection's sessions, held until its answer is in.
+struct Reservation(Arc<Sessions>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut open = self.0.open();
+        open.pending = open.pending.saturating_sub(1);
+    }
 }
 
 impl Sessions {
-    fn ids(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn open(&self) -> std::sync::MutexGuard<'_, Open> {
         // A poisoned lock only means a panic elsewhere mid-push; the list is still usable.
-        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn add(&self, id: &str) {
-        let mut s = self.ids();
-        if !s.iter().any(|x| x == id) {
-            s.push(id.to_owned());
+        let mut s = self.open();
+        if !s.ids.iter().any(|x| x == id) {
+            s.ids.push(id.to_owned());
         }
     }
 
     pub fn owns(&self, id: &str) -> bool {
-        self.ids().iter().any(|x| x == id)
+        self.open().ids.iter().any(|x| x == id)
     }
 
     pub fn last(&self) -> Option<String> {
-        self.ids().last().cloned()
+        self.open().ids.last().cloned()
     }
 
     pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.ids())
+        std::mem::take(&mut self.open().ids)
+    }
+
+    /// Sessions open now.
+    pub fn len(&self) -> usize {
+        self.open().ids.len()
+    }
+
+    /// True when none is open.
+    pub fn is_empty(&self) -> bool {
+        self.open().ids.is_empty()
+    }
+
+    /// A place for one more offer within `max` sessions (open and pending together). When
+    /// full, the oldest open session is given up for it (returned, to be closed), or, with
+    /// `refuse` or when every place is a pending offer, the offer is refused.
+    fn reserve(
+        self: &Arc<Self>,
+        max: usize,
+        refuse: bool,
+    ) -> Result<(Reservation, Option<String>), SignalingError> {
+        let mut open = self.open();
+        let evicted = if open.ids.len() + open.pending < max {
+            None
+        } else if refuse || open.ids.is_empty() {
+            return Err(SignalingError::TooManySessions(max));
+        } else {
+            Some(open.ids.remove(0))
+        };
+        open.pending += 1;
+        drop(open);
+        Ok((Reservation(self.clone()), evicted))
     }
 }
 
@@ -67,6 +115,8 @@ enum SignalingError {
     IceFailed(BackendError),
     #[error("backend unavailable")]
     Unavailable,
+    #[error("Too many WebRTC sessions on this connection (at most {0})")]
+    TooManySessions(usize),
 }
 
 impl Refuse for SignalingError {
@@ -74,6 +124,7 @@ impl Refuse for SignalingError {
         match self {
             SignalingError::NotOwned => Some("SESSION_NOT_OWNED"),
             SignalingError::Unavailable => Some("BACKEND_UNAVAILABLE"),
+            SignalingError::TooManySessions(_) => Some("TOO_MANY_SESSIONS"),
             _ => None,
         }
     }
@@ -89,7 +140,9 @@ impl Refuse for SignalingError {
 
     fn outcome(&self) -> Outcome {
         match self {
-            SignalingError::NotOwned | SignalingError::NoSession => Outcome::Rejected,
+            SignalingError::NotOwned
+            | SignalingError::NoSession
+            | SignalingError::TooManySessions(_) => Outcome::Rejected,
             SignalingError::OfferTimeout | SignalingError::IceTimeout => Outcome::Timeout,
             SignalingError::Unavailable => Outcome::Unavailable,
             _ => Outcome::BackendError,
@@ -112,6 +165,10 @@ pub struct SignalingSpec {
     pub path: String,
     pub timeout: Duration,
     pub add_connection_id: bool,
+    /// Sessions one connection may hold (offers in flight included).
+    pub max_sessions: usize,
+    /// Refuse an offer over `max_sessions` instead of closing the oldest session for it.
+    pub refuse_over_max: bool,
 }
 
 /// The signaling handler of one route.
@@ -155,6 +212,14 @@ async fn offer(
     req: &Request,
 ) -> Result<Reply, SignalingError> {
     let msg = &req.msg;
+    let sessions = req.conn.state::<Sessions>();
+    let (_place, evicted) = sessions.reserve(spec.max_sessions, spec.refuse_over_max)?;
+    if let Some(old) = evicted {
+        // The oldest session makes room: a client that starts and stops streams on one
+        // socket leaves stopped sessions behind, and the backend is told they are gone.
+        tracing::info!(session = %old, limit = spec.max_sessions, "closing the oldest WebRTC session for a new offer");
+        close_session(upstream, &spec.path, &old).await;
+    }
     let mut body = Map::new();
     body.insert(
         "sdp".to_owned(),
@@ -201,7 +266,7 @@ async fn offer(
             body: String::from_utf8_lossy(&resp.body).into_owned(),
         });
     };
-    req.conn.state::<Sessions>().add(session_id);
+    sessions.add(session_id);
     tracing::info!(session = session_id, "WebRTC session opened");
     let mut obj = Map::new();
     obj.insert("type".to_owned(), Value::from("answer"));
@@ -285,22 +350,27 @@ pub async fn close_sessions(upstream: &Upstream, offer_path: &str, conn: &ConnHa
     };
     futures_util::stream::iter(sessions.take())
         .for_each_concurrent(CLOSE_CONCURRENCY, |id| async move {
-            let result = upstream
-                .call(
-                    Method::DELETE,
-                    &session_path(offer_path, &id),
-                    None,
-                    Duration::from_secs(10),
-                )
-                .await;
-            match result {
-                Ok(r) => {
-                    tracing::info!(session = %id, status = r.status.as_u16(), "WebRTC session closed")
-                }
-                Err(e) => tracing::warn!(session = %id, error = %e, "could not close WebRTC session"),
-            }
+            close_session(upstream, offer_path, &id).await;
         })
         .await;
+}
+
+/// DELETEs one session at the backend; a failure is logged.
+async fn close_session(upstream: &Upstream, offer_path: &str, id: &str) {
+    let result = upstream
+        .call(
+            Method::DELETE,
+            &session_path(offer_path, id),
+            None,
+            Duration::from_secs(10),
+        )
+        .await;
+    match result {
+        Ok(r) => {
+            tracing::info!(session = %id, status = r.status.as_u16(), "WebRTC session closed")
+        }
+        Err(e) => tracing::warn!(session = %id, error = %e, "could not close WebRTC session"),
+    }
 }
 
 /// Sessions closed at once on disconnect: many sessions end in a few round trips, and the

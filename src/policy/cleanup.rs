@@ -52,6 +52,15 @@ impl Step {
     }
 }
 
+/// Closes the sessions opened since [`run`] (by offers still in flight at the disconnect).
+pub async fn close_late_sessions(steps: &[Step], upstream: &Upstream, conn: &ConnHandle) {
+    for step in steps {
+        if let Step::CloseSessions { offer_path } = step {
+            crate::handler::signaling::close_sessions(upstream, offer_path, conn).await;
+        }
+    }
+}
+
 /// Runs the steps in order; a failing step is logged and the next one runs.
 ///
 /// `clear_dir` runs only when `last` (no other connection is being served): the

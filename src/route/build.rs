@@ -278,6 +278,8 @@ pub(crate) fn signaling_spec(cfg: &SignalingConfig) -> SignalingSpec {
         path: cfg.path.trim_end_matches('/').to_owned(),
         timeout: cfg.timeout.map_or(default_timeout, |d| d.0),
         add_connection_id: cfg.add_connection_id,
+        max_sessions: cfg.max_sessions.max(1),
+        refuse_over_max: cfg.when_full == crate::config::WhenFull::Refuse,
     }
 }
 
@@ -390,6 +392,11 @@ fn forward_spec(
         allow: glob_set(&cfg.allow)?,
         deny: glob_set(&cfg.deny)?,
         base64_uploads: cfg.base64_uploads,
+        max_response_bytes: cfg
+            .max_response_bytes
+            .map_or(shared.upstream.max_response_bytes(), |n| {
+                n.min(shared.upstream.max_response_bytes())
+            }),
         timeout: cfg.timeout.0,
         timeouts,
         add_connection_id,

@@ -24,7 +24,7 @@ impl HandshakePermit {
 pub struct Slots {
     /// Connections admitted and not yet in cleanup (checked against `max_connections`).
     serving: AtomicUsize,
-    /// Connections running their disconnect steps; a `ready` may wait for zero.
+    /// Last users' data being cleared (at most one at a time in practice); a `ready` waits for zero.
     cleaning: watch::Sender<usize>,
     /// Connections being served right now (including their disconnect steps).
     open: AtomicUsize,
@@ -43,6 +43,10 @@ impl Default for Slots {
 /// A slot taken by an admitted connection; give it back with [`Slots::leave`].
 #[must_use]
 pub struct Slot(());
+
+/// The hold of the last user's cleanup on the next `ready`; give it back with [`Slots::cleaned`].
+#[must_use]
+pub struct Hold(());
 
 impl Slots {
     /// Connections being served, including their disconnect steps.
@@ -69,16 +73,24 @@ impl Slots {
         }
     }
 
-    /// The connection ends: cleaning is raised before the slot is given up, so a
-    /// connection admitted from now on waits for this one's cleanup before its `ready`.
-    /// True when this was the last connection served.
-    pub(crate) fn leave(&self, _slot: Slot) -> bool {
+    /// The connection ends. When it was the last one served, its user's data is to be
+    /// cleared: the hold is raised before the slot is given up, so a connection admitted
+    /// from now on waits for that before its `ready`; give it back with [`Slots::cleaned`].
+    /// Another tab of the same user leaving holds nothing.
+    pub(crate) fn leave(&self, _slot: Slot) -> Option<Hold> {
+        let mut hold = None;
+        // Raised first, then the count dropped: no admission can see zero of both.
         self.cleaning.send_modify(|n| *n += 1);
-        self.serving.fetch_sub(1, Ordering::AcqRel) == 1
+        if self.serving.fetch_sub(1, Ordering::AcqRel) == 1 {
+            hold = Some(Hold(()));
+        } else {
+            self.cleaning.send_modify(|n| *n = n.saturating_sub(1));
+        }
+        hold
     }
 
-    /// The connection's cleanup has finished.
-    pub(crate) fn cleaned(&self) {
+    /// The last user's data is cleared.
+    pub(crate) fn cleaned(&self, _hold: Hold) {
         self.cleaning.send_modify(|n| *n = n.saturating_sub(1));
     }
 
@@ -90,7 +102,7 @@ impl Slots {
             .await
             .is_err()
         {
-            tracing::warn!("previous connection's cleanup still running after 120 s; going on");
+            tracing::warn!("previous user's cleanup still running after 120 s; going on");
         } else if waited.elapsed() > Duration::from_millis(1) {
             tracing::info!(
                 waited_ms = waited.elapsed().as_millis() as u64,

@@ -304,12 +304,36 @@ async fn run<S>(
         }
     };
 
-    let last = shared.slots.leave(slot);
+    let hold = shared.slots.leave(slot);
+    // Nothing reads pushes any more: a download in progress stops here.
+    drop(push_rx);
+    let deliver = reason == EndReason::Shutdown;
+    // A client that closed (or was told why it is closed) gets its close now, not after the
+    // drain below. One that stopped reading cannot take a graceful close: don't wait on it.
+    if !deliver && ok {
+        let _ = tokio::time::timeout(Duration::from_secs(5), tx.close()).await;
+        ok = false;
+    }
+
+    // The user's data goes first (directories, hook calls, sessions known so far), under
+    // the hold when this was the last connection: the next user's `ready` waits for this,
+    // not for this connection's in-flight drain below. Cleanup follows the snapshot current
+    // now (a reload may have changed the hooks).
+    let now = shared.snapshot.load_full();
+    crate::policy::cleanup::run(
+        &now.policy.on_disconnect,
+        &now.upstream,
+        &conn,
+        hold.is_some(),
+    )
+    .await;
+    if let Some(hold) = hold {
+        shared.slots.cleaned(hold);
+    }
 
     // Let in-flight work finish: an offer may still open a session that must be
     // closed below, and on shutdown the client still gets its replies.
     if !in_flight.is_empty() {
-        let deliver = reason == EndReason::Shutdown;
         let drain = async {
             while let Some(answer) = in_flight.next().await {
                 if let (true, true, Answer::Reply(reply)) = (deliver, ok, answer) {
@@ -324,22 +348,19 @@ async fn run<S>(
             tracing::warn!("in-flight messages still running after the drain timeout; dropped");
         }
     }
-    if reason == EndReason::Shutdown {
+    if deliver {
         close(&mut tx, CLOSE_GOING_AWAY, "server shutting down").await;
-    }
-    // A client that stopped reading cannot take a graceful close either: don't wait on it.
-    if ok {
-        let _ = tokio::time::timeout(Duration::from_secs(5), tx.close()).await;
+        if ok {
+            let _ = tokio::time::timeout(Duration::from_secs(5), tx.close()).await;
+        }
     }
     drop(tx);
     drop(rx);
     shared.uploads.detach(&conn.id).await;
     open_gauge.decrement(1.0);
-
-    // Cleanup follows the snapshot current now (a reload may have changed the hooks).
-    let now = shared.snapshot.load_full();
-    crate::policy::cleanup::run(&now.policy.on_disconnect, &now.upstream, &conn, last).await;
-    shared.slots.cleaned();
+    // Sessions opened by offers that were still in flight at the disconnect.
+    crate::policy::cleanup::close_late_sessions(&now.policy.on_disconnect, &now.upstream, &conn)
+        .await;
 
     tracing::info!(
         reason = ?reason,

@@ -252,8 +252,8 @@ async function downloadInPage({ path, binary, expected }) {
   });
   const bytes = new Uint8Array(await blob.arrayBuffer());
   const sha256 = await sha256Hex(bytes);
-  if (bytes.length !== last.total) throw new Error(`download: ${bytes.length} bytes, header says ${last.total}`);
-  if (sha256 !== last.sha256) throw new Error(`download: sha256 ${sha256}, header says ${last.sha256}`);
+  if (bytes.length !== last.total) throw new Error(`download: ${bytes.length} bytes, download_done says ${last.total}`);
+  if (sha256 !== last.sha256) throw new Error(`download: sha256 ${sha256}, download_done says ${last.sha256}`);
   const want = await sha256Hex(window.e2eBytes(expected.size, expected.seed));
   if (sha256 !== want) throw new Error(`download: sha256 ${sha256}, but the uploaded file's is ${want}`);
   return {

@@ -5,12 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
 
 use super::{Settings, hex};
+use crate::backend::Opened;
 use crate::conn::{ConnHandle, Outbound};
 
 /// A download being sent, paced by the receiver's acknowledgements.
@@ -35,19 +38,54 @@ pub struct Downloads {
     by_id: Mutex<HashMap<String, Arc<Download>>>,
 }
 
+/// Why a chunked download did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(
+        "Too many downloads on this connection (at most {0} at once); finish or drop one first"
+    )]
+    TooMany(usize),
+    #[error("The connection is closing")]
+    Closing,
+}
+
+impl crate::envelope::Refuse for DownloadError {
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            DownloadError::TooMany(_) => Some("TOO_MANY_DOWNLOADS"),
+            DownloadError::Closing => None,
+        }
+    }
+}
+
 impl Downloads {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Download>>> {
         self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn add(&self, id: &str) -> Arc<Download> {
+    /// A new download, unless the connection already has `max` of them.
+    fn add(&self, id: &str, max: usize) -> Result<Arc<Download>, DownloadError> {
+        let mut map = self.map();
+        if map.len() >= max {
+            return Err(DownloadError::TooMany(max));
+        }
         let d = Arc::new(Download::default());
-        self.map().insert(id.to_owned(), d.clone());
-        d
+        map.insert(id.to_owned(), d.clone());
+        Ok(d)
     }
 
     fn remove(&self, id: &str) {
         self.map().remove(id);
+    }
+
+    /// Downloads being sent on this connection.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// True when none is being sent.
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
     }
 
     /// Records an acknowledgement; false for an unknown download.
@@ -62,103 +100,198 @@ impl Downloads {
     }
 }
 
-/// Sends a binary body to the client as a header plus numbered chunks, `window` at a time.
+/// A backend answer to send as a chunked download, read as the client acknowledges.
+pub struct Source {
+    pub opened: Opened,
+    /// Longest wait for the backend's next bytes.
+    pub idle: Duration,
+}
+
+/// How a download ended early.
+enum Stop {
+    /// The client is gone (or stopped reading): nothing more to send.
+    Gone,
+    /// An error to tell the client.
+    Fail(&'static str, String),
+}
+
+/// Sends a backend body to the client as a header plus numbered chunks, `window` at a time.
+///
+/// The body is read from the backend only as fast as the client acknowledges, so one
+/// download holds about `window` chunks whatever its length; it may be endless (an event
+/// stream). The length, the chunk count and the sha256 come in `download_done` after the
+/// last chunk; the header carries the length and chunk count when the backend said them.
 pub fn start_download(
     conn: Arc<ConnHandle>,
     cfg: &Settings,
     request_id: Option<Value>,
-    status: u16,
-    content_type: String,
-    body: Bytes,
+    source: Source,
     binary_frames: bool,
-) -> bool {
-    let Some(tx) = conn.push_sender() else {
-        return false;
-    };
+) -> Result<(), DownloadError> {
+    let tx = conn.push_sender().ok_or(DownloadError::Closing)?;
     let cfg = cfg.clone();
     let id = format!("{:032x}", rand::random::<u128>());
+    let downloads = conn.state::<Downloads>();
+    let state = downloads.add(&id, cfg.max_downloads)?;
     let chunk_size = cfg.chunk_size;
-    let chunks = (body.len() as u64).div_ceil(chunk_size as u64);
+    let Source { opened, idle } = source;
+    let length = opened.content_length;
     let mut header = json!({
         "type": "api_response",
-        "status": status,
+        "status": opened.status.as_u16(),
         "_chunked": true,
         "download_id": id,
-        "_content_type": content_type,
-        "_content_length": body.len(),
+        "_content_type": opened.content_type,
+        "_content_length": length,
         "chunk_size": chunk_size,
-        "chunks": chunks,
+        "chunks": length.map(|n| n.div_ceil(chunk_size as u64)),
         "window": cfg.window,
-        "sha256": hex(&Sha256::digest(&body)),
+        "sha256": null,
         "binary": binary_frames,
     });
     if let (Some(rid), Some(o)) = (request_id, header.as_object_mut()) {
         o.insert("request_id".to_owned(), rid);
     }
-    let downloads = conn.state::<Downloads>();
-    let state = downloads.add(&id);
     // The pump's log lines keep the connection's (and message's) span.
     let span = tracing::Span::current();
     let pump = async move {
-        let window = u64::from(cfg.window);
-        if tx.send(Outbound::Text(header.to_string())).await.is_err() {
-            return;
-        }
-        for seq in 0..chunks {
-            loop {
-                let notified = state.notify.notified();
-                if seq < state.acked.load(Ordering::Acquire).saturating_add(window) {
-                    break;
-                }
-                if tokio::time::timeout(cfg.ack_timeout, notified)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(download = %id, seq, "download not acknowledged in time; dropped");
-                    let err = json!({"type": "error", "error": "Download acknowledgement timeout",
-                                     "code": "DOWNLOAD_ACK_TIMEOUT", "download_id": id});
-                    let _ = tx.send(Outbound::Text(err.to_string())).await;
-                    downloads.remove(&id);
-                    return;
-                }
-            }
-            let start = usize::try_from(seq * chunk_size as u64)
-                .unwrap_or(usize::MAX)
-                .min(body.len());
-            let end = start.saturating_add(chunk_size).min(body.len());
-            let part = body.slice(start..end);
-            let msg = if binary_frames {
-                let mut frame = Vec::with_capacity(37 + part.len());
-                frame.push(b'D');
-                frame.extend_from_slice(id.as_bytes());
-                frame.extend_from_slice(&u32::try_from(seq).unwrap_or(u32::MAX).to_be_bytes());
-                frame.extend_from_slice(&part);
-                Outbound::Binary(Bytes::from(frame))
-            } else {
-                let data = base64::engine::general_purpose::STANDARD.encode(&part);
-                Outbound::Text(
-                    json!({"type": "download_chunk", "download_id": id, "seq": seq, "data": data})
-                        .to_string(),
-                )
-            };
-            if tx.send(msg).await.is_err() {
-                return;
-            }
-        }
-        // Keep the state until the last chunk is acknowledged, for the client's final acks.
-        let _ = tokio::time::timeout(cfg.ack_timeout, async {
-            loop {
-                let notified = state.notify.notified();
-                if state.acked.load(Ordering::Acquire) >= chunks {
-                    break;
-                }
-                notified.await;
-            }
-        })
-        .await;
+        let sent = pump(&tx, &state, &cfg, &id, header, opened, idle, binary_frames).await;
         downloads.remove(&id);
-        tracing::info!(download = %id, chunks, "download sent");
+        match sent {
+            Ok((chunks, bytes)) => {
+                tracing::info!(download = %id, chunks, bytes, "download sent");
+            }
+            Err(Stop::Gone) => tracing::debug!(download = %id, "download dropped: client gone"),
+            Err(Stop::Fail(code, why)) => {
+                tracing::warn!(download = %id, code, reason = %why, "download ended early");
+                let err = json!({"type": "error", "error": why, "code": code, "download_id": id});
+                let _ = tx.send(Outbound::Text(err.to_string())).await;
+            }
+        }
     };
     tokio::spawn(tracing::Instrument::instrument(pump, span));
-    true
+    Ok(())
+}
+
+/// The download's body: header, chunks as the window allows, `download_done`, final acks.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    tx: &mpsc::Sender<Outbound>,
+    state: &Download,
+    cfg: &Settings,
+    id: &str,
+    header: Value,
+    mut opened: Opened,
+    idle: Duration,
+    binary_frames: bool,
+) -> Result<(u64, u64), Stop> {
+    let window = u64::from(cfg.window);
+    let chunk_size = cfg.chunk_size;
+    let expected = opened.content_length;
+    send(tx, Outbound::Text(header.to_string())).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = BytesMut::new();
+    let (mut seq, mut total, mut eof) = (0u64, 0u64, false);
+    loop {
+        // One chunk's worth from the backend (or what is left at its end).
+        while !eof && buf.len() < chunk_size {
+            let next = tokio::select! {
+                next = tokio::time::timeout(idle, opened.body.frame()) => next,
+                () = tx.closed() => return Err(Stop::Gone),
+            };
+            match next {
+                Err(_) => {
+                    return Err(Stop::Fail(
+                        "DOWNLOAD_FAILED",
+                        format!("The backend sent nothing for {} s", idle.as_secs()),
+                    ));
+                }
+                Ok(None) => eof = true,
+                Ok(Some(Err(e))) => {
+                    return Err(Stop::Fail(
+                        "DOWNLOAD_FAILED",
+                        format!("The backend's answer broke off: {e}"),
+                    ));
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len() as u64;
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+        if buf.is_empty() {
+            break;
+        }
+        let part = buf.split_to(chunk_size.min(buf.len())).freeze();
+        wait_for_window(tx, state, cfg, seq, window).await?;
+        hasher.update(&part);
+        let msg = if binary_frames {
+            let mut frame = Vec::with_capacity(37 + part.len());
+            frame.push(b'D');
+            frame.extend_from_slice(id.as_bytes());
+            frame.extend_from_slice(&u32::try_from(seq).unwrap_or(u32::MAX).to_be_bytes());
+            frame.extend_from_slice(&part);
+            Outbound::Binary(Bytes::from(frame))
+        } else {
+            let data = base64::engine::general_purpose::STANDARD.encode(&part);
+            Outbound::Text(
+                json!({"type": "download_chunk", "download_id": id, "seq": seq, "data": data})
+                    .to_string(),
+            )
+        };
+        send(tx, msg).await?;
+        seq += 1;
+    }
+    if let Some(n) = expected.filter(|n| *n != total) {
+        return Err(Stop::Fail(
+            "DOWNLOAD_FAILED",
+            format!("The backend sent {total} bytes of the {n} it announced"),
+        ));
+    }
+    let done = json!({"type": "download_done", "download_id": id, "chunks": seq,
+                      "_content_length": total, "sha256": hex(&hasher.finalize())});
+    send(tx, Outbound::Text(done.to_string())).await?;
+    // Keep the state until the last chunk is acknowledged, for the client's final acks.
+    let _ = tokio::time::timeout(cfg.ack_timeout, async {
+        loop {
+            let notified = state.notify.notified();
+            if state.acked.load(Ordering::Acquire) >= seq {
+                break;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tx.closed() => break,
+            }
+        }
+    })
+    .await;
+    Ok((seq, total))
+}
+
+async fn send(tx: &mpsc::Sender<Outbound>, msg: Outbound) -> Result<(), Stop> {
+    tx.send(msg).await.map_err(|_| Stop::Gone)
+}
+
+/// Waits until chunk `seq` is within the window of acknowledged chunks.
+async fn wait_for_window(
+    tx: &mpsc::Sender<Outbound>,
+    state: &Download,
+    cfg: &Settings,
+    seq: u64,
+    window: u64,
+) -> Result<(), Stop> {
+    loop {
+        let notified = state.notify.notified();
+        if seq < state.acked.load(Ordering::Acquire).saturating_add(window) {
+            return Ok(());
+        }
+        tokio::select! {
+            r = tokio::time::timeout(cfg.ack_timeout, notified) => if r.is_err() {
+                return Err(Stop::Fail("DOWNLOAD_ACK_TIMEOUT", "Download acknowledgement timeout".to_owned()));
+            },
+            () = tx.closed() => return Err(Stop::Gone),
+        }
+    }
 }

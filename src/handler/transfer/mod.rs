@@ -33,6 +33,9 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub download_chunk_over: usize,
     pub ack_timeout: Duration,
+    pub max_downloads: usize,
+    pub max_uploads: usize,
+    pub max_uploads_total: usize,
 }
 
 impl Settings {
@@ -50,6 +53,9 @@ impl Settings {
             idle_timeout: cfg.idle_timeout.0,
             download_chunk_over: cfg.download_chunk_over,
             ack_timeout: cfg.ack_timeout.0,
+            max_downloads: cfg.max_downloads.max(1),
+            max_uploads: cfg.max_uploads.max(1),
+            max_uploads_total: cfg.max_uploads_total.max(1),
         }
     }
 }
@@ -87,6 +93,8 @@ pub enum TransferError {
     Invalid(String),
     #[error("Upload storage failed: {0}")]
     Io(String),
+    #[error("Too many uploads: {0}")]
+    TooMany(String),
 }
 
 impl Refuse for TransferError {
@@ -104,6 +112,7 @@ impl Refuse for TransferError {
             TransferError::Finishing => "UPLOAD_FINISHING",
             TransferError::Invalid(_) => "TRANSFER_INVALID",
             TransferError::Io(_) => "UPLOAD_STORAGE",
+            TransferError::TooMany(_) => "TOO_MANY_UPLOADS",
         })
     }
 }
@@ -138,7 +147,8 @@ struct Upload {
     idle_timeout: Duration,
     received: Vec<bool>,
     received_count: u64,
-    file: tokio::fs::File,
+    /// Open while a connection is attached; an upload waiting for a resume holds no descriptor.
+    file: Option<tokio::fs::File>,
     disk: PathBuf,
     last_activity: Instant,
     detached_at: Option<Instant>,
@@ -146,6 +156,20 @@ struct Upload {
 }
 
 impl Upload {
+    /// The upload's file, opened again if the upload was waiting for a resume.
+    async fn open_file(&mut self) -> Result<&mut tokio::fs::File, TransferError> {
+        if self.file.is_none() {
+            let f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.disk)
+                .await?;
+            self.file = Some(f);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| TransferError::Io("upload file not open".to_owned()))
+    }
+
     fn chunks(&self) -> u64 {
         self.received.len() as u64
     }
@@ -189,6 +213,8 @@ impl Drop for Assembled {
 struct Entry {
     size: u64,
     disk: PathBuf,
+    /// The connection it is attached to (as in the upload), for the per-connection count.
+    conn: Option<Box<str>>,
     upload: Arc<tokio::sync::Mutex<Upload>>,
 }
 
@@ -251,6 +277,34 @@ impl Uploads {
         })?;
         let chunk_size = cfg.chunk_size;
         let chunks = target.size.div_ceil(chunk_size as u64).max(1);
+        // Counted and inserted in one step under the map's lock, so concurrent starts
+        // cannot pass the caps together.
+        let mut map = self.map();
+        let mine = map
+            .values()
+            .filter(|e| e.conn.as_deref() == Some(&*conn.id))
+            .count();
+        let refused = if mine >= cfg.max_uploads {
+            Some(format!(
+                "this connection has {mine} uploads in progress (at most {}); finish one first",
+                cfg.max_uploads
+            ))
+        } else if map.len() >= cfg.max_uploads_total {
+            Some(format!(
+                "the router holds {} uploads (at most {}); try again later",
+                map.len(),
+                cfg.max_uploads_total
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            drop(map);
+            drop(file);
+            let _ = std::fs::remove_file(&disk);
+            self.reserved.fetch_sub(target.size, Ordering::AcqRel);
+            return Err(TransferError::TooMany(why));
+        }
         let upload = Upload {
             target,
             owner: conn.token_digest,
@@ -261,7 +315,7 @@ impl Uploads {
             idle_timeout: cfg.idle_timeout,
             received: vec![false; usize::try_from(chunks).unwrap_or(usize::MAX)],
             received_count: 0,
-            file,
+            file: Some(file),
             disk,
             last_activity: Instant::now(),
             detached_at: None,
@@ -278,9 +332,10 @@ impl Uploads {
         let entry = Entry {
             size: upload.target.size,
             disk: upload.disk.clone(),
+            conn: Some(conn.id.clone()),
             upload: Arc::new(tokio::sync::Mutex::new(upload)),
         };
-        self.map().insert(id, entry);
+        map.insert(id, entry);
         Ok(reply)
     }
 
@@ -308,6 +363,9 @@ impl Uploads {
                     tracing::info!(upload = %id, "upload resumed by a new connection");
                     u.conn = Some(conn.id.clone());
                     u.detached_at = None;
+                    if let Some(e) = self.map().get_mut(id) {
+                        e.conn = Some(conn.id.clone());
+                    }
                 }
             }
             u.last_activity = Instant::now();
@@ -352,8 +410,9 @@ impl Uploads {
         let index = usize::try_from(seq).unwrap_or(usize::MAX);
         let duplicate = u.received.get(index).copied().unwrap_or(false);
         if !duplicate {
-            u.file.seek(std::io::SeekFrom::Start(offset)).await?;
-            u.file.write_all(data).await?;
+            let file = u.open_file().await?;
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+            file.write_all(data).await?;
             if let Some(slot) = u.received.get_mut(index) {
                 *slot = true;
             }
@@ -395,8 +454,10 @@ impl Uploads {
             return Err(TransferError::Incomplete(missing));
         }
         u.finishing = true;
-        u.file.flush().await?;
-        u.file.sync_data().await?;
+        let file = u.open_file().await?;
+        file.flush().await?;
+        file.sync_data().await?;
+        u.file = None;
         let disk = u.disk.clone();
         let actual = tokio::task::spawn_blocking(move || sha256_file(&disk))
             .await
@@ -461,12 +522,24 @@ impl Uploads {
 
     /// A connection ended: its uploads wait `resume_timeout` for another connection.
     pub async fn detach(&self, conn_id: &str) {
-        let entries: Vec<_> = self.map().values().map(|e| e.upload.clone()).collect();
+        let entries: Vec<_> = self
+            .map()
+            .values_mut()
+            .filter(|e| e.conn.as_deref() == Some(conn_id))
+            .map(|e| {
+                e.conn = None;
+                e.upload.clone()
+            })
+            .collect();
         for e in entries {
             let mut u = e.lock().await;
             if u.conn.as_deref() == Some(conn_id) {
                 u.conn = None;
                 u.detached_at = Some(Instant::now());
+                // Written chunks reach the file before its descriptor is given back.
+                if let Some(mut f) = u.file.take() {
+                    let _ = f.flush().await;
+                }
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Test-only endpoints the router can reach (`/api/v1/mock/…`: echo, slow, status, text, binary, env) and the byte pattern the binary ones serve; the real server has none of them.
+//! Test-only endpoints the router can reach (`/api/v1/mock/…`: echo, slow, status, text, binary, stream, env) and the byte pattern the binary ones serve; the real server has none of them.
 
 use std::convert::Infallible;
 use std::sync::OnceLock;
@@ -108,6 +108,32 @@ pub async fn mock_binary(uri: Uri) -> ApiResult {
         },
     };
     Ok(pattern_response(size, content_type))
+}
+
+/// An endless body (no length) of the pattern bytes, as fast as the reader takes it, under
+/// `?type=` (default `text/event-stream`): what Scope's MJPEG, event and `output.ts` streams
+/// look like to a proxy.
+pub async fn mock_stream(uri: Uri) -> ApiResult {
+    let content_type = match query_param(&uri, "type") {
+        None => HeaderValue::from_static("text/event-stream"),
+        Some(t) => {
+            HeaderValue::from_str(&t).map_err(|_| ApiError::bad_request("invalid content type"))?
+        }
+    };
+    Ok(endless(content_type))
+}
+
+/// `GET /api/v1/session/output.ts`: the session's MPEG-TS output, endless.
+pub async fn output_ts() -> Response {
+    endless(HeaderValue::from_static("video/mp2t"))
+}
+
+fn endless(content_type: HeaderValue) -> Response {
+    let chunk = pattern_chunk();
+    let body = Body::from_stream(futures_util::stream::repeat_with(move || {
+        Ok::<_, Infallible>(chunk.clone())
+    }));
+    (StatusCode::OK, [(CONTENT_TYPE, content_type)], body).into_response()
 }
 
 pub async fn mock_env(name: Result<Path<String>, PathRejection>) -> ApiResult {
