@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use super::{Settings, hex};
 use crate::conn::{ConnHandle, Outbound};
+use crate::envelope::RequestId;
 
 /// A download being sent, paced by the receiver's acknowledgements.
 #[derive(Debug, Default)]
@@ -66,7 +67,7 @@ impl Downloads {
 pub fn start_download(
     conn: Arc<ConnHandle>,
     cfg: &Settings,
-    request_id: Option<Value>,
+    request_id: Option<RequestId>,
     status: u16,
     content_type: String,
     body: Bytes,
@@ -79,7 +80,7 @@ pub fn start_download(
     let id = format!("{:032x}", rand::random::<u128>());
     let chunk_size = cfg.chunk_size;
     let chunks = (body.len() as u64).div_ceil(chunk_size as u64);
-    let mut header = json!({
+    let header = json!({
         "type": "api_response",
         "status": status,
         "_chunked": true,
@@ -92,16 +93,19 @@ pub fn start_download(
         "sha256": hex(&Sha256::digest(&body)),
         "binary": binary_frames,
     });
-    if let (Some(rid), Some(o)) = (request_id, header.as_object_mut()) {
-        o.insert("request_id".to_owned(), rid);
-    }
+    // The id as the client sent it (a number past 64 bits keeps its digits).
+    let header = match header {
+        Value::Object(obj) => crate::envelope::object_json(request_id.as_ref(), obj),
+        other => other.to_string().into_bytes(),
+    };
+    let header = String::from_utf8(header).unwrap_or_default();
     let downloads = conn.state::<Downloads>();
     let state = downloads.add(&id);
     // The pump's log lines keep the connection's (and message's) span.
     let span = tracing::Span::current();
     let pump = async move {
         let window = u64::from(cfg.window);
-        if tx.send(Outbound::Text(header.to_string())).await.is_err() {
+        if tx.send(Outbound::Text(header)).await.is_err() {
             return;
         }
         for seq in 0..chunks {
