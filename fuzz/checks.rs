@@ -116,8 +116,12 @@ pub fn frame(data: &[u8]) {
         }
     };
     assert!(msg.is_object(), "decode returned a non-object");
+    // The id's text is JSON, and means what the message's field means.
+    let rid_value: Option<Value> = rid
+        .as_ref()
+        .map(|r| serde_json::from_str(&r.json_text()).expect("a request_id's text is JSON"));
     assert_eq!(
-        rid.as_ref(),
+        rid_value.as_ref(),
         msg.get("request_id"),
         "request_id is taken verbatim"
     );
@@ -168,11 +172,18 @@ pub fn frame(data: &[u8]) {
     let reply = Reply { text };
     let v = assert_json("reply", reply.text.as_bytes());
     assert!(v.is_object(), "a reply is an object: {}", reply.text);
-    if let Some(rid) = &rid {
+    if let Some(rid) = &rid_value {
         assert_eq!(
             v.get("request_id"),
             Some(rid),
             "request_id echoed verbatim: {}",
+            reply.text
+        );
+    }
+    if let Some(rid @ envelope::RequestId::Raw(_)) = &rid {
+        assert!(
+            reply.text.contains(&*rid.json_text()),
+            "a raw request_id is echoed as sent: {}",
             reply.text
         );
     }
@@ -253,7 +264,8 @@ pub fn template(data: &[u8]) {
     if depth(&tv) + message_depth + raw_depth(body) > MAX_INPUT_DEPTH {
         return;
     }
-    let rid = message.as_ref().and_then(|m| m.get("request_id")).cloned();
+    let rid_value = message.as_ref().and_then(|m| m.get("request_id")).cloned();
+    let rid = rid_value.clone().map(envelope::RequestId::Value);
 
     let response = ResponseVars {
         status: 200,
@@ -277,7 +289,7 @@ pub fn template(data: &[u8]) {
     let mut out = Vec::new();
     t.render_reply(&full, rid.as_ref(), &mut out);
     let v = assert_json("render_reply", &out);
-    if let (Some(rid), true) = (&rid, tv.is_object()) {
+    if let (Some(rid), true) = (&rid_value, tv.is_object()) {
         assert_eq!(v.get("request_id"), Some(rid), "request_id is echoed");
     }
 

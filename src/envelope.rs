@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::conn::ConnHandle;
@@ -14,9 +15,128 @@ pub struct Request {
     /// The whole message, parsed once.
     pub msg: Value,
     /// The message's `request_id`, echoed verbatim in the reply.
-    pub request_id: Option<Value>,
+    pub request_id: Option<RequestId>,
     /// The connection it came from.
     pub conn: Arc<ConnHandle>,
+}
+
+/// A message's `request_id`, as every reply echoes it: the same JSON the client sent.
+///
+/// serde_json (without `arbitrary_precision`) keeps integers within 64 bits exactly and
+/// turns every other number into an f64, so `123456789012345678901234567890` would come
+/// back as `1.2345678901234568e29`. An id holding such a number keeps the text the client
+/// sent instead; every other id (a string, a 64-bit integer, …) is the parsed value, which
+/// serde_json writes back as it came.
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    /// An id that serializes back to what was sent.
+    Value(Value),
+    /// An id with a number that an f64 would change: its JSON text as it was in the frame.
+    Raw(Box<RawValue>),
+}
+
+impl RequestId {
+    /// The id of a decoded frame: `parsed` (the frame's `request_id`), or, when it holds a
+    /// number that is not a 64-bit integer, that field's text recovered from `frame`. The
+    /// second parse runs for those ids only, so the usual string or integer costs nothing.
+    pub fn from_frame(frame: &str, parsed: Value) -> RequestId {
+        if !holds_inexact_number(&parsed) {
+            return RequestId::Value(parsed);
+        }
+        #[derive(Deserialize)]
+        struct IdOnly<'a> {
+            #[serde(borrow)]
+            request_id: Option<&'a RawValue>,
+        }
+        // A frame that cannot be read this way (a duplicate `request_id`) keeps the value.
+        match serde_json::from_str::<IdOnly<'_>>(frame) {
+            Ok(IdOnly {
+                request_id: Some(raw),
+            }) => RequestId::Raw(raw.to_owned()),
+            _ => RequestId::Value(parsed),
+        }
+    }
+
+    /// Writes the id's JSON text into `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            RequestId::Value(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+            RequestId::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        }
+    }
+
+    /// The id's JSON text.
+    pub fn json_text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            RequestId::Value(v) => v.to_string().into(),
+            RequestId::Raw(raw) => raw.get().into(),
+        }
+    }
+}
+
+impl From<Value> for RequestId {
+    fn from(v: Value) -> RequestId {
+        RequestId::Value(v)
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &RequestId) -> bool {
+        match (self, other) {
+            (RequestId::Value(a), RequestId::Value(b)) => a == b,
+            _ => self.json_text() == other.json_text(),
+        }
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RequestId::Value(v) => v.serialize(s),
+            RequestId::Raw(raw) => raw.serialize(s),
+        }
+    }
+}
+
+/// Whether `v` holds a number serde_json did not keep exactly (anything but a 64-bit integer).
+/// Depth is bounded by serde_json's recursion limit on the parse that made `v`.
+fn holds_inexact_number(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(items) => items.iter().any(holds_inexact_number),
+        Value::Object(map) => map.values().any(holds_inexact_number),
+        Value::Null | Value::Bool(_) | Value::String(_) => false,
+    }
+}
+
+/// `obj` as JSON text with `request_id` (when given) in it; a raw id goes first, as the
+/// template renderer writes it.
+pub fn object_json(request_id: Option<&RequestId>, mut obj: Map<String, Value>) -> Vec<u8> {
+    match request_id {
+        None => serde_json::to_vec(&obj).unwrap_or_default(),
+        Some(RequestId::Value(v)) => {
+            obj.insert("request_id".to_owned(), v.clone());
+            serde_json::to_vec(&obj).unwrap_or_default()
+        }
+        Some(rid @ RequestId::Raw(_)) => {
+            obj.remove("request_id");
+            let rest = serde_json::to_vec(&obj).unwrap_or_default();
+            let mut out = Vec::with_capacity(rest.len() + 64);
+            out.extend_from_slice(b"{\"request_id\":");
+            rid.write_json(&mut out);
+            // `rest` is `{…}`: its fields follow the id.
+            match rest.get(1..) {
+                Some(fields) if fields != b"}" => {
+                    out.push(b',');
+                    out.extend_from_slice(fields);
+                }
+                _ => out.push(b'}'),
+            }
+            out
+        }
+    }
 }
 
 /// How a message ended, for metrics and logs.
@@ -73,18 +193,15 @@ impl Reply {
 
     /// A JSON object with `request_id` echoed.
     pub fn object(
-        request_id: Option<&Value>,
-        mut obj: Map<String, Value>,
+        request_id: Option<&RequestId>,
+        obj: Map<String, Value>,
         outcome: Outcome,
     ) -> Reply {
-        if let Some(rid) = request_id {
-            obj.insert("request_id".to_owned(), rid.clone());
-        }
-        Reply::from_json(serde_json::to_vec(&obj).unwrap_or_default(), outcome)
+        Reply::from_json(object_json(request_id, obj), outcome)
     }
 
     /// `value` (an object) with `request_id` echoed.
-    pub fn value(request_id: Option<&Value>, value: Value, outcome: Outcome) -> Reply {
+    pub fn value(request_id: Option<&RequestId>, value: Value, outcome: Outcome) -> Reply {
         match value {
             Value::Object(obj) => Reply::object(request_id, obj, outcome),
             other => Reply::from_json(serde_json::to_vec(&other).unwrap_or_default(), outcome),
@@ -139,7 +256,7 @@ pub trait Refuse: std::fmt::Display {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a Value>,
+    request_id: Option<&'a RequestId>,
     #[serde(rename = "type")]
     kind: &'static str,
     error: &'a str,
@@ -152,13 +269,13 @@ struct ErrorBody<'a> {
 }
 
 /// The error reply for `err`, with `request_id` echoed.
-pub fn refuse(request_id: Option<&Value>, err: &dyn Refuse) -> Reply {
+pub fn refuse(request_id: Option<&RequestId>, err: &dyn Refuse) -> Reply {
     refuse_with(request_id, err, Map::new())
 }
 
 /// The error reply for `err` with extra fields (a binary chunk's error names its upload and chunk).
 pub fn refuse_with(
-    request_id: Option<&Value>,
+    request_id: Option<&RequestId>,
     err: &dyn Refuse,
     extra: Map<String, Value>,
 ) -> Reply {
@@ -230,10 +347,12 @@ impl Refuse for ProtocolError {
 }
 
 /// A text frame decoded far enough to route: the message and its `request_id`.
-pub fn decode(text: &str) -> Result<(Value, Option<Value>), ProtocolError> {
+pub fn decode(text: &str) -> Result<(Value, Option<RequestId>), ProtocolError> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => {
-            let rid = map.get("request_id").cloned();
+            let rid = map
+                .get("request_id")
+                .map(|v| RequestId::from_frame(text, v.clone()));
             Ok((Value::Object(map), rid))
         }
         Ok(other) => Err(ProtocolError::NotObject(kind_of(&other))),
@@ -250,7 +369,55 @@ mod tests {
     fn decode_keeps_request_id_verbatim() {
         let (msg, rid) = decode(r#"{"type":"ping","request_id":{"a":1}}"#).unwrap();
         assert_eq!(msg["type"], "ping");
-        assert_eq!(rid, Some(json!({"a": 1})));
+        assert_eq!(rid, Some(RequestId::Value(json!({"a": 1}))));
+    }
+
+    /// Numbers an f64 would change come back digit for digit; the rest stay parsed values.
+    #[test]
+    fn request_ids_beyond_64_bits_are_echoed_as_sent() {
+        for id in [
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "-123456789012345678901234567890",
+            "1.50",
+            "1e3",
+            "0.1000000000000000000000001",
+            r#"{"n": 123456789012345678901234567890, "s": "x"}"#,
+            "[18446744073709551616]",
+        ] {
+            let frame = format!(r#"{{"type":"ping","request_id":{id}}}"#);
+            let (_, rid) = decode(&frame).unwrap();
+            let rid = rid.unwrap();
+            assert!(matches!(rid, RequestId::Raw(_)), "{id}");
+            assert_eq!(rid.json_text(), id);
+            let r = refuse(Some(&rid), &ProtocolError::RateLimited);
+            assert!(
+                r.text.starts_with(&format!(r#"{{"request_id":{id},"#)),
+                "{}",
+                r.text
+            );
+            let mut obj = Map::new();
+            obj.insert("type".to_owned(), json!("pong"));
+            obj.insert("request_id".to_owned(), json!("stale"));
+            let r = Reply::object(Some(&rid), obj, Outcome::Ok);
+            assert_eq!(r.text, format!(r#"{{"request_id":{id},"type":"pong"}}"#));
+            let r = Reply::object(Some(&rid), Map::new(), Outcome::Ok);
+            assert_eq!(r.text, format!(r#"{{"request_id":{id}}}"#));
+        }
+        for (id, value) in [
+            ("18446744073709551615", json!(u64::MAX)),
+            ("-9223372036854775808", json!(i64::MIN)),
+            (r#""r-1""#, json!("r-1")),
+            ("null", Value::Null),
+        ] {
+            let frame = format!(r#"{{"request_id":{id},"type":"ping"}}"#);
+            let (_, rid) = decode(&frame).unwrap();
+            assert_eq!(rid, Some(RequestId::Value(value)), "{id}");
+        }
+        // Two `request_id` keys: the parsed (last) one, as before.
+        let (_, rid) = decode(r#"{"request_id":1.5,"request_id":2.5}"#).unwrap();
+        assert_eq!(rid.unwrap().json_text(), "2.5");
     }
 
     #[test]
@@ -263,7 +430,10 @@ mod tests {
 
     #[test]
     fn error_reply_shape() {
-        let r = refuse(Some(&json!("r9")), &ProtocolError::BackendUnavailable);
+        let r = refuse(
+            Some(&RequestId::Value(json!("r9"))),
+            &ProtocolError::BackendUnavailable,
+        );
         let v: Value = serde_json::from_str(&r.text).unwrap();
         assert_eq!(
             v,

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::conn::ConnHandle;
+use crate::policy::operator::Access;
 use crate::publish::{Readiness, ReloadStatus, SupervisorStatus, View};
 use crate::session::admission::HandshakePermit;
 use crate::session::{self, Shared};
@@ -120,8 +121,63 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(state): State<Arc<Listener>>) -> impl IntoResponse {
+/// Whether this request may read an operator endpoint, by the current snapshot's `operator`
+/// setting (re-read on every request, so a reload applies at once).
+fn operator_access(
+    state: &Listener,
+    query: Option<&str>,
+    headers: &axum::http::HeaderMap,
+) -> Access {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let access = state
+        .sessions
+        .snapshot
+        .load()
+        .operator
+        .check(query, authorization);
+    match access {
+        Access::Granted => {}
+        Access::Misconfigured => {
+            tracing::warn!("operator request refused: the operator token's variable is not set");
+        }
+        Access::Missing | Access::Rejected => {
+            tracing::debug!(?access, "operator request refused");
+        }
+    }
+    access
+}
+
+/// The answer of `/admin/config` and `/metrics` without the operator token.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(json!({
+            "error": "operator token required (Authorization: Bearer <token>, or ?token=<token>)",
+            "code": "UNAUTHORIZED",
+        })),
+    )
+        .into_response()
+}
+
+async fn readyz(
+    State(state): State<Arc<Listener>>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     let readiness = state.readiness.load_full();
+    let code = if readiness.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    // Without the operator token: the status alone, as a load balancer needs it, and
+    // nothing about the backend, the files or the versions.
+    if operator_access(&state, query.as_deref(), &headers) != Access::Granted {
+        return (code, axum::Json(json!({"ready": readiness.healthy})));
+    }
     let snap = state.sessions.snapshot.load();
     let reload = state.reload.load();
     let supervisor = state.supervisor.load();
@@ -138,15 +194,17 @@ async fn readyz(State(state): State<Arc<Listener>>) -> impl IntoResponse {
             "last_reload_error": reload.last_error,
         },
     });
-    let code = if readiness.healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     (code, axum::Json(body))
 }
 
-async fn metrics(State(state): State<Arc<Listener>>) -> Response {
+async fn metrics(
+    State(state): State<Arc<Listener>>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if operator_access(&state, query.as_deref(), &headers) != Access::Granted {
+        return unauthorized();
+    }
     match &state.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -157,8 +215,15 @@ async fn metrics(State(state): State<Arc<Listener>>) -> Response {
     }
 }
 
-async fn admin_config(State(state): State<Arc<Listener>>) -> impl IntoResponse {
-    axum::Json(state.config_json())
+async fn admin_config(
+    State(state): State<Arc<Listener>>,
+    RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if operator_access(&state, query.as_deref(), &headers) != Access::Granted {
+        return unauthorized();
+    }
+    axum::Json(state.config_json()).into_response()
 }
 
 /// Describes every metric the router exports (`# HELP` lines) and registers each one, so

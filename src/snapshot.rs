@@ -14,6 +14,7 @@ use crate::config::{
 };
 use crate::handler::transfer::{Settings, Uploads};
 use crate::policy::ConnectionPolicy;
+use crate::policy::operator::Operator;
 use crate::publish::{Readiness, View};
 use crate::route::{RouteKey, RouteTable, compile_routes};
 use crate::validate::{CompiledSchema, SchemaSet};
@@ -22,6 +23,8 @@ use crate::validate::{CompiledSchema, SchemaSet};
 pub struct Snapshot {
     pub table: RouteTable,
     pub policy: ConnectionPolicy,
+    /// Who may read `/admin/config`, `/metrics` and the detailed `/readyz`.
+    pub operator: Operator,
     pub transfers: Arc<Settings>,
     pub upstream: Arc<Upstream>,
     pub schemas: SchemaSet,
@@ -195,10 +198,13 @@ fn compile(loaded: &config::Loaded, rt: &Runtime) -> Result<Snapshot, ConfigErro
     )
     .map_err(|e| ConfigError::new(path, e))?;
 
+    let operator = Operator::compile(file.operator.as_ref());
+
     let base = path.parent().unwrap_or(Path::new("."));
     Ok(Snapshot {
         table,
         policy,
+        operator,
         transfers,
         upstream,
         schemas,

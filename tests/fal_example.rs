@@ -92,7 +92,9 @@ async fn the_start_command_serves_with_mock_scope_in_place_of_scope() {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("SCOPE_ROUTER_BIN", ROUTER)
         .env("SCOPE_ROUTES", &routes)
-        .env("SCOPE_ROUTER_PORT", router_port.to_string());
+        .env("SCOPE_ROUTER_PORT", router_port.to_string())
+        // The fal secret that guards the operator endpoints (routes.yaml `operator`).
+        .env("SCOPE_ROUTER_OPERATOR_TOKEN", "fal-op-3e9a51c7");
     let mut app = Proc::start(cmd, "scope-router listening on");
     assert_eq!(app.addr.port(), router_port);
     let ready = eventually("the supervised backend to be ready", || async {
@@ -100,8 +102,14 @@ async fn the_start_command_serves_with_mock_scope_in_place_of_scope() {
         (code == 200).then_some(body)
     })
     .await;
+    // Without the operator token: `ready` alone, and the operator endpoints refuse.
+    assert_eq!(ready, json!({"ready": true}));
+    let (code, _) = http(&format!("{}/admin/config", app.http()), "GET", None).await;
+    assert_eq!(code, 401);
+    let (code, body) = get_json(&format!("{}/readyz?token=fal-op-3e9a51c7", app.http())).await;
+    assert_eq!(code, 200, "{body}");
     assert_eq!(
-        ready["backend"]["url"],
+        body["backend"]["url"],
         format!("http://127.0.0.1:{backend_port}")
     );
     let mut ws = Ws::connect(&app.ws_url()).await;

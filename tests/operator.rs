@@ -1,5 +1,6 @@
 //! Operator tools that must say exactly what is true: `check`'s selection and summary, reload
-//! recovery, metrics help text, and flags offered only where they apply.
+//! recovery, metrics help text, flags offered only where they apply, and the operator token
+//! in front of `/admin/config`, `/metrics` and the detailed `/readyz`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
@@ -268,4 +269,165 @@ fn validate_flags_a_misspelled_schema_keyword() {
         err.contains(&format!("error: {}:4:33: unknown JSON Schema keyword `minLenght` at /properties/name (did you mean `minLength`?)", schema.display())),
         "{err}"
     );
+}
+
+const OPERATOR_TOKEN: &str = "op-7c1e94b2d05a";
+
+/// The default routes with `operator.token_env` naming `SCOPE_TEST_OPERATOR_TOKEN`.
+fn routes_with_operator_token() -> TempRoutes {
+    default_routes_with(&[(
+        "\nbackend:\n",
+        "\noperator:\n  token_env: SCOPE_TEST_OPERATOR_TOKEN\nbackend:\n",
+    )])
+}
+
+/// GET `path` on the router with extra headers: status, response head, body.
+async fn get(r: &Proc, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    http_with(&format!("{}{path}", r.http()), "GET", headers, None).await
+}
+
+/// What an answer without the operator token must not reveal.
+fn assert_reveals_nothing(what: &str, text: &str, backend: &str, routes: &Path) {
+    let routes = routes.display().to_string();
+    for secret in [
+        backend,
+        routes.as_str(),
+        "routes.yaml",
+        "get_ice_servers",
+        "scope_router_",
+    ] {
+        assert!(!text.contains(secret), "{what} reveals {secret:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn with_an_operator_token_status_endpoints_answer_only_its_holder() {
+    let t = routes_with_operator_token();
+    let m = mock(&[]);
+    let r = router_env(
+        &t.path,
+        &m.http(),
+        &[("SCOPE_TEST_OPERATOR_TOKEN", OPERATOR_TOKEN)],
+    );
+    let bearer = format!("Bearer {OPERATOR_TOKEN}");
+    let wrong = format!("Bearer {OPERATOR_TOKEN}x");
+
+    // Without the token, or with a wrong one: 401 and a JSON error, nothing else.
+    for path in ["/admin/config", "/metrics"] {
+        for headers in [vec![], vec![("Authorization", wrong.as_str())]] {
+            let (code, head, body) = get(&r, path, &headers).await;
+            assert_eq!(code, 401, "{path} {headers:?}: {body}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("www-authenticate: bearer"),
+                "{head}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["code"], "UNAUTHORIZED", "{body}");
+            assert_reveals_nothing(path, &format!("{head}{body}"), &m.http(), &t.path);
+        }
+        // The WebSocket's token parameter is not the operator's.
+        let (code, _, _) = get(&r, &format!("{path}?fal_jwt_token={OPERATOR_TOKEN}"), &[]).await;
+        assert_eq!(code, 401, "{path} with fal_jwt_token");
+    }
+
+    // /readyz without the token: the status and `ready`, nothing about backend, files or versions.
+    let minimal = eventually("a ready backend on the minimal /readyz", || async {
+        let (code, _, body) = get(&r, "/readyz", &[]).await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&minimal).unwrap(),
+        serde_json::json!({"ready": true}),
+        "{minimal}"
+    );
+    assert_reveals_nothing("/readyz", &minimal, &m.http(), &t.path);
+    let (code, _, body) = get(&r, "/readyz", &[("Authorization", wrong.as_str())]).await;
+    assert_eq!((code, body.as_str()), (200, r#"{"ready":true}"#));
+
+    // With the token, as a Bearer header or `?token=`: the full answers.
+    let (code, _, body) = get(&r, "/admin/config", &[("Authorization", bearer.as_str())]).await;
+    assert_eq!(code, 200, "{body}");
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["file"], t.path.display().to_string(), "{body}");
+    assert!(body.contains("get_ice_servers"), "{body}");
+    let (code, _, body) = get(&r, &format!("/admin/config?token={OPERATOR_TOKEN}"), &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = get(&r, "/metrics", &[("Authorization", bearer.as_str())]).await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("# HELP scope_router_messages_total "),
+        "{body}"
+    );
+    let (code, _, body) = get(&r, &format!("/readyz?token={OPERATOR_TOKEN}"), &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["backend"]["url"], m.http(), "{body}");
+    assert!(ready["config"]["version"].is_string(), "{body}");
+
+    // /healthz stays open.
+    let (code, _, _) = get(&r, "/healthz", &[]).await;
+    assert_eq!(code, 200);
+
+    // A backend that is gone: the minimal answer says so with 503 and `ready: false`.
+    mock_exit(&m).await;
+    let body = eventually("/readyz 503 without the token", || async {
+        let (code, _, body) = get(&r, "/readyz", &[]).await;
+        (code == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(body, r#"{"ready":false}"#);
+}
+
+#[tokio::test]
+async fn the_operator_token_is_applied_and_lifted_by_a_reload() {
+    let open = default_routes_with(&[]);
+    let open_text = std::fs::read_to_string(&open.path).unwrap();
+    let guarded_text = std::fs::read_to_string(routes_with_operator_token().path).unwrap();
+    let m = mock(&[]);
+    let r = router_with(
+        &open.path,
+        &m.http(),
+        &["--reload-debounce", "20ms"],
+        &[("SCOPE_TEST_OPERATOR_TOKEN", OPERATOR_TOKEN)],
+    );
+    let bearer = format!("Bearer {OPERATOR_TOKEN}");
+
+    let (code, _, _) = get(&r, "/admin/config", &[]).await;
+    assert_eq!(code, 200, "no operator section: open");
+    std::fs::write(&open.path, &guarded_text).unwrap();
+    eventually("the reload to require the operator token", || async {
+        (get(&r, "/admin/config", &[]).await.0 == 401).then_some(())
+    })
+    .await;
+    let (code, _, body) = get(&r, "/metrics", &[]).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, _, body) = get(&r, "/admin/config", &[("Authorization", bearer.as_str())]).await;
+    assert_eq!(code, 200, "{body}");
+    std::fs::write(&open.path, &open_text).unwrap();
+    eventually("the reload to open the endpoints again", || async {
+        (get(&r, "/admin/config", &[]).await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unset_operator_token_variable_locks_the_endpoints_instead_of_opening_them() {
+    let t = routes_with_operator_token();
+    let m = mock(&[]);
+    let r = router(&t.path, &m.http(), &[]);
+    r.wait_for_line("operator token unavailable").await;
+    for headers in [vec![], vec![("Authorization", "Bearer anything")]] {
+        let (code, _, body) = get(&r, "/admin/config", &headers).await;
+        assert_eq!(code, 401, "{headers:?}: {body}");
+        let (code, _, body) = get(&r, "/metrics", &headers).await;
+        assert_eq!(code, 401, "{headers:?}: {body}");
+    }
+    let body = eventually("the minimal /readyz", || async {
+        let (code, _, body) = get(&r, "/readyz", &[]).await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(body, r#"{"ready":true}"#);
 }

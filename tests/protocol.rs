@@ -61,6 +61,51 @@ async fn request_ids_of_every_json_type_come_back_unchanged() {
     }
 }
 
+/// Numbers serde_json would turn into floats (integers past 64 bits, negative ones, a
+/// fraction with a trailing zero) come back as the very text the client sent: from a local
+/// reply, a backend round trip, the `$default` template, a schema refusal and the header of a
+/// chunked download.
+#[tokio::test]
+async fn request_ids_past_64_bits_come_back_digit_for_digit() {
+    let (_m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    for id in [
+        "123456789012345678901234567890",
+        "18446744073709551616",
+        "-123456789012345678901234567890",
+        "1.50",
+    ] {
+        for (frame, reply_type) in [
+            (r#"{"type":"ping","request_id":ID}"#, "pong"),
+            (
+                r#"{"type":"api","method":"GET","path":"/api/v1/pipeline/status","request_id":ID}"#,
+                "api_response",
+            ),
+            (r#"{"type":"no_such_type","request_id":ID}"#, "error"),
+            (r#"{"type":"api","method":7,"request_id":ID}"#, "error"),
+        ] {
+            ws.send_text(&frame.replace("ID", id)).await;
+            let text = ws.recv_text().await;
+            assert!(
+                text.contains(&format!(r#""request_id":{id}"#)),
+                "{frame}: {text}"
+            );
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], reply_type, "{text}");
+        }
+        // A chunked download's header (its chunks follow on this socket: a fresh one per id).
+        let mut dl = Ws::connect(&r.ws_url()).await;
+        dl.send_text(&format!(
+            r#"{{"type":"api","method":"GET","path":"/api/v1/recordings/x?size=2000000","_chunked":true,"request_id":{id}}}"#
+        ))
+        .await;
+        let text = dl.recv_text().await;
+        assert!(text.contains(&format!(r#""request_id":{id}"#)), "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["_chunked"], true, "{text}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Concurrency and ordering
 

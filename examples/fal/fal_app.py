@@ -69,6 +69,8 @@ if fal is not None:
     def scope() -> None:
         # HF_TOKEN (TURN credentials) and PIPELINE (pre-warm), set as fal secrets,
         # arrive in the environment and pass through the router to Scope.
+        # SCOPE_ROUTER_OPERATOR_TOKEN, also a fal secret, is the router's own: it
+        # guards /admin/config, /metrics and the detailed /readyz (routes.yaml `operator`).
         run()
 
 

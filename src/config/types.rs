@@ -41,6 +41,10 @@ pub struct RoutesFile {
     /// Serve a directory of static files (for example the browser example) at `/`.
     #[serde(default)]
     pub static_files: Option<PathBuf>,
+    /// Who may read the operator endpoints (`/admin/config`, `/metrics` and the detailed
+    /// `/readyz`). Absent: anyone who reaches the port. Applies live.
+    #[serde(default)]
+    pub operator: Option<OperatorConfig>,
     /// Message routes, keyed by the value of the routing field. `$default` catches the rest.
     #[schemars(with = "BTreeMap<String, RawRoute>")]
     pub routes: BTreeMap<String, Spanned<RouteConfig>>,
@@ -464,6 +468,18 @@ pub enum AuthConfig {
         #[serde(default = "default_auth_timeout")]
         timeout: Dur,
     },
+}
+
+/// The operator endpoints' token.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// The environment variable holding the operator token (a comma-separated list is
+    /// accepted, for rotation), compared by digest in constant time. Requests give it as
+    /// `Authorization: Bearer <token>` or `?token=<token>`. `/admin/config` and `/metrics`
+    /// answer 401 without it; `/readyz` answers only `{"ready": bool}`. An unset variable
+    /// locks the endpoints rather than opening them.
+    pub token_env: String,
 }
 
 fn default_auth_timeout() -> Dur {

@@ -18,6 +18,13 @@ use crate::handler::transfer::Uploads;
 use crate::publish::{LogFeed, Publisher, Readiness, ReloadStatus, SupervisorStatus};
 use crate::snapshot::{self, Overrides, Runtime, Snapshot};
 
+/// Says so when the operator endpoints are locked for everyone (their token's variable is unset).
+fn warn_operator(snapshot: &Snapshot) {
+    if let Some(why) = snapshot.operator.misconfigured() {
+        tracing::warn!(%why, "operator token unavailable: /admin/config and /metrics refuse every request, /readyz answers only its status");
+    }
+}
+
 /// Everything the control plane publishes, with what it needs to do so.
 pub struct ControlPlane {
     pub snapshot: Arc<Publisher<Snapshot>>,
@@ -44,6 +51,7 @@ impl ControlPlane {
         };
         let logs = LogFeed::new(loaded.file.backend.logs.queue);
         let compiled = snapshot::from_loaded(loaded, &overrides, &runtime)?;
+        warn_operator(&compiled.snapshot);
         let t = &compiled.snapshot.transfers;
         let orphans = Uploads::remove_orphans(&t.dir, t.idle_timeout.max(t.resume_timeout));
         if orphans > 0 {

@@ -57,6 +57,7 @@ impl Reloader {
                     if !pending.is_empty() {
                         tracing::warn!(fields = ?pending, "changed fields apply on restart only; the rest is live");
                     }
+                    super::warn_operator(&snapshot);
                     let version = snapshot.meta.version.clone();
                     tracing::info!(%version, previous = %current.meta.version, %why, "routes reloaded");
                     self.snapshot.publish(snapshot);

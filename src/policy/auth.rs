@@ -25,10 +25,20 @@ pub enum Denied {
 
 /// The token of an upgrade request: `fal_jwt_token` in the query, else a Bearer `Authorization` header.
 pub fn token_from(query: Option<&str>, authorization: Option<&str>) -> Option<String> {
+    token_in_request(query, "fal_jwt_token", authorization)
+}
+
+/// A request's token: the query parameter `param` (percent-decoded), else a Bearer
+/// `Authorization` header. An empty token is no token.
+pub fn token_in_request(
+    query: Option<&str>,
+    param: &str,
+    authorization: Option<&str>,
+) -> Option<String> {
     let from_query = query.and_then(|q| {
         q.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=')?;
-            (k == "fal_jwt_token").then(|| {
+            (k == param).then(|| {
                 let v = v.replace('+', " ");
                 percent_encoding::percent_decode_str(&v)
                     .decode_utf8_lossy()
@@ -49,6 +59,19 @@ pub fn token_from(query: Option<&str>, authorization: Option<&str>) -> Option<St
         .filter(|t| !t.is_empty())
 }
 
+/// Digests of the comma-separated tokens in the variable `env`, or why there are none.
+pub fn digests_from_env(env: &str) -> Result<Vec<[u8; 32]>, String> {
+    std::env::var(env)
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into())
+                .collect()
+        })
+        .map_err(|_| format!("${env} is not set"))
+}
+
 /// How a connection proves who it is, compiled at load (tokens read, URL parsed).
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -66,17 +89,7 @@ impl Auth {
     pub fn compile(cfg: &AuthConfig) -> Result<Auth, String> {
         Ok(match cfg {
             AuthConfig::None => Auth::None,
-            AuthConfig::Token { env } => Auth::Token(
-                std::env::var(env)
-                    .map(|list| {
-                        list.split(',')
-                            .map(str::trim)
-                            .filter(|t| !t.is_empty())
-                            .map(|t| Sha256::digest(t.as_bytes()).into())
-                            .collect()
-                    })
-                    .map_err(|_| format!("${env} is not set")),
-            ),
+            AuthConfig::Token { env } => Auth::Token(digests_from_env(env)),
             AuthConfig::Http { url, timeout } => Auth::Http {
                 uri: url
                     .parse()
@@ -91,7 +104,7 @@ impl Auth {
 ///
 /// Digests are compared, so neither the contents nor the lengths of the accepted
 /// tokens leak through timing; every entry is compared, match or not.
-fn token_in_digests(accepted: &[[u8; 32]], token: &str) -> bool {
+pub fn token_in_digests(accepted: &[[u8; 32]], token: &str) -> bool {
     let given = Sha256::digest(token.as_bytes());
     let mut ok = subtle::Choice::from(0u8);
     for a in accepted {

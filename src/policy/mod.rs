@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod cleanup;
+pub mod operator;
 
 use std::time::Duration;
 

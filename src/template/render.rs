@@ -7,15 +7,16 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::{Ctx, Expr, Part, Template, Val};
+use crate::envelope::RequestId;
 
 impl Template {
     /// Renders a reply object into `out`, with `request_id` (raw JSON) first when given.
-    pub fn render_reply(&self, ctx: &Ctx<'_>, request_id: Option<&Value>, out: &mut Vec<u8>) {
+    pub fn render_reply(&self, ctx: &Ctx<'_>, request_id: Option<&RequestId>, out: &mut Vec<u8>) {
         match (self, request_id) {
             (_, None) => self.render(ctx, out),
             (Template::Object(fields), Some(rid)) => {
                 out.extend_from_slice(b"{\"request_id\":");
-                write_json(rid, out);
+                rid.write_json(out);
                 for (k, t) in fields.iter() {
                     if k.as_ref() == "\"request_id\":" {
                         continue;
@@ -32,7 +33,7 @@ impl Template {
             (Template::Const(c), Some(rid)) if c.starts_with('{') => {
                 let rest = c.get(1..).unwrap_or("}");
                 out.extend_from_slice(b"{\"request_id\":");
-                write_json(rid, out);
+                rid.write_json(out);
                 if rest != "}" {
                     out.push(b',');
                 }

@@ -125,14 +125,14 @@ fn request_id_goes_first_and_is_kept_verbatim() {
     let t = Template::compile(&json!({"type": "pong"}), all()).unwrap();
     assert!(matches!(t, Template::Const(_)));
     let mut out = Vec::new();
-    t.render_reply(&Ctx::default(), Some(&json!({"k": [1]})), &mut out);
+    t.render_reply(&Ctx::default(), Some(&json!({"k": [1]}).into()), &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         r#"{"request_id":{"k":[1]},"type":"pong"}"#
     );
     let t = Template::compile(&json!({}), all()).unwrap();
     let mut out = Vec::new();
-    t.render_reply(&Ctx::default(), Some(&json!("r1")), &mut out);
+    t.render_reply(&Ctx::default(), Some(&json!("r1").into()), &mut out);
     assert_eq!(String::from_utf8(out).unwrap(), r#"{"request_id":"r1"}"#);
     let msg = json!({"x": 1});
     let t = Template::compile(
@@ -146,7 +146,7 @@ fn request_id_goes_first_and_is_kept_verbatim() {
             message: Some(&msg),
             ..Default::default()
         },
-        Some(&json!(7)),
+        Some(&json!(7).into()),
         &mut out,
     );
     assert_eq!(
@@ -210,13 +210,40 @@ fn response_json_is_always_valid_json() {
     );
 }
 
+/// An id with a number past 64 bits is written as the client sent it, in both the folded
+/// (constant) and the field-by-field path.
+#[test]
+fn a_raw_request_id_is_written_as_sent() {
+    let frame = r#"{"type":"ping","request_id":-123456789012345678901234567890}"#;
+    let (msg, rid) = crate::envelope::decode(frame).unwrap();
+    let rid = rid.unwrap();
+    let t = Template::compile(&json!({"type": "pong"}), all()).unwrap();
+    let mut out = Vec::new();
+    t.render_reply(&Ctx::default(), Some(&rid), &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"request_id":-123456789012345678901234567890,"type":"pong"}"#
+    );
+    let t = Template::compile(&json!({"type": "t", "k": "${message.type}"}), all()).unwrap();
+    let mut out = Vec::new();
+    let ctx = Ctx {
+        message: Some(&msg),
+        ..Default::default()
+    };
+    t.render_reply(&ctx, Some(&rid), &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"request_id":-123456789012345678901234567890,"k":"ping","type":"t"}"#
+    );
+}
+
 /// Found by `cargo fuzz run template`: a constant reply template with its own `request_id`
 /// was folded, and `render_reply` then sent `request_id` twice (the template's won in most parsers).
 #[test]
 fn constant_template_request_id_is_replaced_not_duplicated() {
     let t = Template::compile(&json!({"type": "pong", "request_id": "fixed"}), all()).unwrap();
     let mut out = Vec::new();
-    t.render_reply(&Ctx::default(), Some(&json!("r1")), &mut out);
+    t.render_reply(&Ctx::default(), Some(&json!("r1").into()), &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         r#"{"request_id":"r1","type":"pong"}"#

@@ -13,6 +13,18 @@ pub async fn get_json(url: &str) -> (u16, Value) {
 
 /// One request with `Connection: close`; returns the status and the (de-chunked) body.
 pub async fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) {
+    let (status, _head, body) = http_with(url, method, &[], body).await;
+    (status, body)
+}
+
+/// One request with extra header lines (`("Authorization", "Bearer …")`); returns the status,
+/// the response head (status line and headers) and the (de-chunked) body.
+pub async fn http_with(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest
@@ -23,8 +35,12 @@ pub async fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) 
         .unwrap()
         .unwrap();
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -48,7 +64,7 @@ pub async fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) 
     } else {
         body.to_owned()
     };
-    (status, body)
+    (status, head.to_owned(), body)
 }
 
 fn dechunk(mut s: &str) -> String {

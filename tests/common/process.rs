@@ -309,6 +309,15 @@ pub fn router_env(routes: &Path, backend: &str, envs: &[(&str, &str)]) -> Proc {
     start_router(cmd)
 }
 
+/// Starts the router (unsupervised, in front of `backend`) with extra arguments and environment variables.
+pub fn router_with(routes: &Path, backend: &str, extra: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let mut cmd = serve(routes);
+    cmd.args(["--backend-url", backend, "--no-supervise"])
+        .args(extra)
+        .envs(envs.iter().copied());
+    start_router(cmd)
+}
+
 /// Starts the router supervising the backend its routes file names, with extra environment variables.
 pub fn router_supervising(routes: &Path, envs: &[(&str, &str)]) -> Proc {
     let mut cmd = serve(routes);

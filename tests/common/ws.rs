@@ -67,6 +67,23 @@ impl Ws {
         self.recv_raw().await
     }
 
+    /// The next text frame exactly as the router wrote it (nothing may be stashed).
+    pub async fn recv_text(&mut self) -> String {
+        assert!(self.stash.is_empty(), "parsed messages are stashed");
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.inner.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("socket ended")
+                .expect("socket error");
+            match msg {
+                Message::Text(t) => return t.as_str().to_owned(),
+                Message::Close(f) => panic!("socket closed: {f:?}"),
+                _ => continue,
+            }
+        }
+    }
+
     async fn recv_raw(&mut self) -> Value {
         loop {
             let msg = tokio::time::timeout(WAIT, self.inner.next())

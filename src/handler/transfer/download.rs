@@ -15,6 +15,7 @@ use tokio::sync::{Notify, mpsc};
 use super::{Settings, hex};
 use crate::backend::Opened;
 use crate::conn::{ConnHandle, Outbound};
+use crate::envelope::RequestId;
 
 /// A download being sent, paced by the receiver's acknowledgements.
 #[derive(Debug, Default)]
@@ -124,7 +125,7 @@ enum Stop {
 pub fn start_download(
     conn: Arc<ConnHandle>,
     cfg: &Settings,
-    request_id: Option<Value>,
+    request_id: Option<RequestId>,
     source: Source,
     binary_frames: bool,
 ) -> Result<(), DownloadError> {
@@ -136,7 +137,7 @@ pub fn start_download(
     let chunk_size = cfg.chunk_size;
     let Source { opened, idle } = source;
     let length = opened.content_length;
-    let mut header = json!({
+    let header = json!({
         "type": "api_response",
         "status": opened.status.as_u16(),
         "_chunked": true,
@@ -149,9 +150,12 @@ pub fn start_download(
         "sha256": null,
         "binary": binary_frames,
     });
-    if let (Some(rid), Some(o)) = (request_id, header.as_object_mut()) {
-        o.insert("request_id".to_owned(), rid);
-    }
+    // The id as the client sent it (a number past 64 bits keeps its digits).
+    let header = match header {
+        Value::Object(obj) => crate::envelope::object_json(request_id.as_ref(), obj),
+        other => other.to_string().into_bytes(),
+    };
+    let header = String::from_utf8(header).unwrap_or_default();
     // The pump's log lines keep the connection's (and message's) span.
     let span = tracing::Span::current();
     let pump = async move {
@@ -180,7 +184,7 @@ async fn pump(
     state: &Download,
     cfg: &Settings,
     id: &str,
-    header: Value,
+    header: String,
     mut opened: Opened,
     idle: Duration,
     binary_frames: bool,
@@ -188,7 +192,7 @@ async fn pump(
     let window = u64::from(cfg.window);
     let chunk_size = cfg.chunk_size;
     let expected = opened.content_length;
-    send(tx, Outbound::Text(header.to_string())).await?;
+    send(tx, Outbound::Text(header)).await?;
     let mut hasher = Sha256::new();
     let mut buf = BytesMut::new();
     let (mut seq, mut total, mut eof) = (0u64, 0u64, false);

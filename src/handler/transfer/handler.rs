@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::download::Downloads;
 use super::{Settings, Target, TransferError, Uploads};
 use crate::conn::ConnHandle;
-use crate::envelope::{Answer, Outcome, Reply, Request, refuse, refuse_with};
+use crate::envelope::{Answer, Outcome, Reply, Request, RequestId, refuse, refuse_with};
 use crate::handler::Handle;
 use crate::handler::forward::ForwardSpec;
 
@@ -48,7 +48,7 @@ impl TransferHandler {
 }
 
 /// A transfer result as a reply: the JSON with `request_id`, or an error with its code.
-pub fn result_reply(request_id: Option<&Value>, r: Result<Value, TransferError>) -> Reply {
+pub fn result_reply(request_id: Option<&RequestId>, r: Result<Value, TransferError>) -> Reply {
     match r {
         Ok(v) => Reply::value(request_id, v, Outcome::Ok),
         Err(e) => refuse(request_id, &e),
