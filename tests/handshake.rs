@@ -167,3 +167,56 @@ async fn a_client_still_being_checked_holds_no_connection_slot() {
         "pong"
     );
 }
+
+/// Open descriptors of a process.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[tokio::test]
+async fn six_hundred_silent_sockets_cost_a_bounded_number_of_descriptors_and_then_nothing() {
+    // The attack that locked out every user: many sockets that never send a request head.
+    let (_m, r, _t) = stack_with(&[(
+        "  auth: { mode: none }\n",
+        "  auth: { mode: none }\n  header_timeout: 2s\n  max_handshakes: 128\n",
+    )]);
+    let pid = r.child.id();
+    let before = fds(pid);
+    let rss_before = rss_kib(pid);
+    let mut silent = Vec::new();
+    for _ in 0..600 {
+        silent.push(TcpStream::connect(r.addr).await.unwrap());
+    }
+    // The router accepts each one, in order; those over the cap are answered 503 and closed at
+    // once. The last one's answer means every socket has been taken in.
+    let last = silent.last_mut().unwrap();
+    let got = closed_within(last, Duration::from_secs(20))
+        .await
+        .expect("the last socket is refused and closed");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 503"),
+        "{got:?}"
+    );
+    let held = fds(pid);
+    let rss = peak_rss_kib(pid);
+    // The cap's sockets are closed by the header timeout, without any of them sending a byte.
+    eventually(
+        format!("the silent sockets to be closed ({before} fds before)"),
+        async || (fds(pid) <= before + 2).then_some(()),
+    )
+    .await;
+    eprintln!(
+        "600 silent sockets: router fds {before} before, {held} while they were open, {} after; RSS {} MiB before, peak {} MiB",
+        fds(pid),
+        rss_before / 1024,
+        rss / 1024
+    );
+    assert!(held <= before + 128 + 8, "{held} descriptors");
+    // Still holding all 600 open on this side, a real user is served.
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    assert_eq!(
+        ws.call("p", serde_json::json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+    drop(silent);
+}

@@ -192,7 +192,27 @@ async fn a_connection_has_at_most_four_downloads_and_they_end_with_it() {
         .await;
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["code"], "TOO_MANY_DOWNLOADS", "{v}");
+    assert_eq!(v["request_id"], "d4", "{v}");
     assert!(error_text(&v).contains("at most 4"), "{v}");
+    // The attack that took the router to 944 MiB: 200 recordings of 32 MiB asked in chunks,
+    // never acknowledged.
+    let mut refused = 0;
+    for i in 0..200 {
+        let v = ws
+            .call(&format!("r{i}"), json!({"type": "api", "method": "GET", "path": "/api/v1/recordings/x?size=33554432", "_chunked": true}))
+            .await;
+        if v["code"] == "TOO_MANY_DOWNLOADS" {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 200, "the four downloads hold every place");
+    let peak = peak_rss_kib(pid);
+    eprintln!(
+        "4 endless downloads + 200 refused 32 MiB downloads, never acknowledged: router peak RSS {} MiB, {} fds",
+        peak / 1024,
+        fds(pid)
+    );
+    assert!(peak < 64 * 1024, "router peak RSS {peak} KiB");
     ws.close().await;
     let port = m.addr.port();
     eventually("the downloads end with their connection", async || {

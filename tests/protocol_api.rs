@@ -348,3 +348,49 @@ async fn api_binary_download_other_binary_types() {
         assert_eq!(bytes, pattern(1000));
     }
 }
+
+#[tokio::test]
+async fn plugin_installs_are_denied_by_the_default_routes_and_listing_stays_open() {
+    let (m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let mut install = api("POST", "/api/v1/plugins");
+    install["body"] = json!({"package": "git+https://example.com/evil/plugin.git"});
+    let v = ws.call("inst", install).await;
+    assert_eq!(v["type"], "api_response", "{v}");
+    assert_eq!(v["status"], 403, "{v}");
+    assert_eq!(v["request_id"], "inst", "{v}");
+    assert_eq!(error_text(&v), "Request not allowed: POST /api/v1/plugins");
+    // Not through a chunked upload either, nor by a path that normalizes to it.
+    let v = ws
+        .call("up", json!({"type": "upload_start", "method": "POST", "path": "/api/v1/x/../plugins",
+                           "content_type": "application/json", "size": 10, "sha256": "0".repeat(64)}))
+        .await;
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(error_text(&v).contains("Request not allowed"), "{v}");
+    assert!(
+        mock_recent(&m, "POST", "/api/v1/plugins").await.is_empty(),
+        "an install reached the backend"
+    );
+    let v = ws.call("list", api("GET", "/api/v1/plugins")).await;
+    assert_eq!(v["status"], 200, "{v}");
+}
+
+#[tokio::test]
+async fn set_user_id_is_answered_user_id_set() {
+    // Scope 0.2.3's cloud-mode client sends it right after `ready`, without waiting.
+    let (_m, r) = stack();
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    ws.send(&json!({"type": "set_user_id", "user_id": "user_123"}))
+        .await;
+    let v = ws.call("s", api("GET", "/api/v1/pipeline/status")).await;
+    assert_eq!(v["status"], 200, "{v}");
+    let set = ws.recv().await;
+    assert_eq!(set, json!({"type": "user_id_set", "user_id": "user_123"}));
+    let v = ws
+        .call("r", json!({"type": "set_user_id", "user_id": "u2"}))
+        .await;
+    assert_eq!(
+        v,
+        json!({"type": "user_id_set", "user_id": "u2", "request_id": "r"})
+    );
+}

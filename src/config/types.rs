@@ -637,6 +637,11 @@ pub struct ForwardConfig {
     /// Globs that are never forwarded, even when allowed.
     #[serde(default = "default_deny")]
     pub deny: Vec<String>,
+    /// Requests (`METHOD /glob`) that are never forwarded, whatever the path rules say:
+    /// `403 Request not allowed`. The default routes deny `POST /api/v1/plugins`, since a
+    /// plugin install runs the package's code on the runner.
+    #[serde(default)]
+    pub deny_requests: Vec<String>,
     /// A body `{"_base64_content":…, "_content_type":…}` is decoded and sent as raw bytes.
     #[serde(default = "yes")]
     pub base64_uploads: bool,

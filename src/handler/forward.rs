@@ -61,6 +61,8 @@ pub struct ForwardSpec {
     pub timeout: Duration,
     pub timeouts: Vec<TimeoutRule>,
     pub add_connection_id: Vec<(Method, GlobMatcher)>,
+    /// Requests never forwarded (`deny_requests`).
+    pub deny_requests: Vec<(Method, GlobMatcher)>,
     pub reply: Template,
     pub reply_binary: Option<Template>,
     pub on_error: Template,
@@ -196,6 +198,22 @@ impl ForwardSpec {
         Ok(safe)
     }
 
+    /// The normalized path, if the path rules and `deny_requests` let `method` reach it.
+    fn request(&self, method: &Method, raw_path: &str) -> Result<pathsafe::SafePath, Failure> {
+        let safe = self.path(raw_path)?;
+        if self
+            .deny_requests
+            .iter()
+            .any(|(m, g)| m == method && g.is_match(&safe.decoded))
+        {
+            return Err(Failure::bad(
+                403,
+                format!("Request not allowed: {method} {}", safe.decoded),
+            ));
+        }
+        Ok(safe)
+    }
+
     fn timeout_for(
         &self,
         method: &Method,
@@ -214,8 +232,8 @@ impl ForwardSpec {
 
     /// Checks an upload's target before any of its bytes arrive.
     pub fn check_upload_target(&self, method: &str, raw_path: &str) -> Result<(), String> {
-        self.method(method).map_err(|f| f.message)?;
-        self.path(raw_path).map_err(|f| f.message)?;
+        let method = self.method(method).map_err(|f| f.message)?;
+        self.request(&method, raw_path).map_err(|f| f.message)?;
         Ok(())
     }
 
@@ -223,7 +241,7 @@ impl ForwardSpec {
     pub async fn forward_upload(&self, req: &Request, upload: transfer::Assembled) -> Reply {
         let result = async {
             let method = self.method(&upload.target.method)?;
-            let safe = self.path(&upload.target.path)?;
+            let safe = self.request(&method, &upload.target.path)?;
             let timeout = self.timeout_for(&method, &safe.decoded, true);
             let body = transfer::body_stream(&upload.disk)
                 .await
@@ -278,7 +296,7 @@ impl ForwardSpec {
             ),
         };
 
-        let safe = self.path(&raw_path)?;
+        let safe = self.request(&method, &raw_path)?;
 
         let mut upload = false;
         let payload: Option<(Bytes, String)> = match body {

@@ -369,16 +369,19 @@ fn forward_spec(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let add_connection_id = cfg
-        .add_connection_id
-        .iter()
-        .map(|rule| {
-            let (m, p) = rule.split_once(' ').ok_or_else(|| {
-                format!("add_connection_id: {rule:?} must be \"METHOD /path-glob\"")
-            })?;
-            Ok((method(m)?, matcher(p.trim())?))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    let request_rules = |field: &str, rules: &[String]| {
+        rules
+            .iter()
+            .map(|rule| {
+                let (m, p) = rule.split_once(' ').ok_or_else(|| {
+                    format!("{field}: {rule:?} must be \"METHOD /path-glob\"")
+                })?;
+                Ok((method(m)?, matcher(p.trim())?))
+            })
+            .collect::<Result<Vec<_>, String>>()
+    };
+    let add_connection_id = request_rules("add_connection_id", &cfg.add_connection_id)?;
+    let deny_requests = request_rules("deny_requests", &cfg.deny_requests)?;
     Ok(ForwardSpec {
         route: name.clone(),
         upstream: shared.upstream.clone(),
@@ -400,6 +403,7 @@ fn forward_spec(
         timeout: cfg.timeout.0,
         timeouts,
         add_connection_id,
+        deny_requests,
         reply,
         reply_binary,
         on_error,
