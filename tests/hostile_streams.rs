@@ -16,13 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const MIB: u64 = 1024 * 1024;
 
-/// Open descriptors of a process.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 /// Established TCP connections whose remote end is `port` on this machine (the router's
 /// connections to the mock, when `port` is the mock's).
 fn connections_to(port: u16) -> usize {
@@ -157,7 +150,7 @@ async fn endless_streams_are_refused_as_replies_and_paced_as_downloads() {
         readers.push(c);
     }
     let peak = peak_rss_kib(pid);
-    let fds_busy = fds(pid);
+    let fds_busy = open_fds(pid);
     eprintln!(
         "7 endless downloads, unacknowledged: router peak RSS {} MiB, {fds_busy} fds",
         peak / 1024
@@ -180,7 +173,7 @@ async fn a_connection_has_at_most_four_downloads_and_they_end_with_it() {
     let (m, r) = stack();
     let pid = r.child.id();
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let base_fds = fds(pid);
+    let base_fds = open_fds(pid);
     for i in 0..4 {
         let h = ws
             .call(&format!("d{i}"), json!({"type": "api", "method": "GET", "path": "/api/v1/session/output.ts", "_chunked": true, "_binary": true}))
@@ -210,13 +203,13 @@ async fn a_connection_has_at_most_four_downloads_and_they_end_with_it() {
     eprintln!(
         "4 endless downloads + 200 refused 32 MiB downloads, never acknowledged: router peak RSS {} MiB, {} fds",
         peak / 1024,
-        fds(pid)
+        open_fds(pid)
     );
     assert!(peak < 64 * 1024, "router peak RSS {peak} KiB");
     ws.close().await;
     let port = m.addr.port();
     eventually("the downloads end with their connection", async || {
-        (connections_to(port) <= 2 && fds(pid) <= base_fds).then_some(())
+        (connections_to(port) <= 2 && open_fds(pid) <= base_fds).then_some(())
     })
     .await;
 }
@@ -299,7 +292,7 @@ async fn uploads_are_capped_per_connection_and_wait_for_a_resume_without_a_descr
                "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"})
     };
     let mut ws = Ws::connect(&r.ws_url()).await;
-    let base_fds = fds(pid);
+    let base_fds = open_fds(pid);
     for n in 0..4 {
         let v = ws.call(&format!("u{n}"), start(n)).await;
         assert_eq!(v["type"], "upload_ready", "{v}");
@@ -307,16 +300,16 @@ async fn uploads_are_capped_per_connection_and_wait_for_a_resume_without_a_descr
     let v = ws.call("u4", start(4)).await;
     assert_eq!(v["code"], "TOO_MANY_UPLOADS", "{v}");
     assert!(error_text(&v).contains("at most 4"), "{v}");
-    let held = fds(pid);
+    let held = open_fds(pid);
     // The connection ends: its uploads wait for a resume, holding no descriptor.
     ws.close().await;
     eventually("detached uploads give their descriptors back", async || {
-        (fds(pid) < base_fds).then_some(())
+        (open_fds(pid) < base_fds).then_some(())
     })
     .await;
     eprintln!(
         "4 open uploads: router fds {base_fds} with the socket, {held} with the uploads, {} after",
-        fds(pid)
+        open_fds(pid)
     );
     // A second connection has its own four.
     let mut ws = Ws::connect(&r.ws_url()).await;

@@ -373,9 +373,9 @@ fn forward_spec(
         rules
             .iter()
             .map(|rule| {
-                let (m, p) = rule.split_once(' ').ok_or_else(|| {
-                    format!("{field}: {rule:?} must be \"METHOD /path-glob\"")
-                })?;
+                let (m, p) = rule
+                    .split_once(' ')
+                    .ok_or_else(|| format!("{field}: {rule:?} must be \"METHOD /path-glob\""))?;
                 Ok((method(m)?, matcher(p.trim())?))
             })
             .collect::<Result<Vec<_>, String>>()

@@ -367,6 +367,13 @@ pub fn dead_backend_url() -> String {
     format!("http://127.0.0.1:{}", free_port())
 }
 
+/// Open file descriptors of a process (entries of /proc/<pid>/fd).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc fd")
+        .count()
+}
+
 /// Resident memory of a process in KiB (`VmRSS` of /proc/<pid>/status).
 pub fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS:")
