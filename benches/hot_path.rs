@@ -153,7 +153,7 @@ fn bench_api(c: &mut Criterion) {
             message: Some(&req.msg),
             connection_id: Some(&req.conn.id),
             response: Some(&rv),
-            error: None,
+            ..Ctx::default()
         };
         reply.render_reply(&ctx, req.request_id.as_ref(), out);
     };

@@ -284,6 +284,7 @@ pub fn template(data: &[u8]) {
         connection_id: Some("c0ffee00"),
         response: Some(&response),
         error: Some(&error),
+        ..Ctx::default()
     };
 
     let mut out = Vec::new();

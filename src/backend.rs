@@ -28,6 +28,8 @@ pub struct BackendResponse {
     pub status: StatusCode,
     pub content_type: String,
     pub body: Bytes,
+    /// Where a redirect (3xx) points.
+    pub location: Option<String>,
     /// The body's share of the process-wide response budget, given back when this is dropped.
     _budget: Option<OwnedSemaphorePermit>,
 }
@@ -39,6 +41,7 @@ impl BackendResponse {
             status,
             content_type,
             body,
+            location: None,
             _budget: None,
         }
     }
@@ -53,6 +56,8 @@ pub struct Opened {
     pub content_type: String,
     /// The body's length, when the backend said it.
     pub content_length: Option<u64>,
+    /// Where a redirect (3xx) points.
+    pub location: Option<String>,
     pub body: Incoming,
     _call: Option<OwnedSemaphorePermit>,
     budget: Arc<Semaphore>,
@@ -172,10 +177,17 @@ impl Backend {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        let location = status
+            .is_redirection()
+            .then(|| headers.get(header::LOCATION))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(Opened {
             status,
             content_type,
             content_length,
+            location,
             body: resp.into_body(),
             _call: call,
             budget: self.budget.clone(),
@@ -223,6 +235,7 @@ impl Opened {
             status: self.status,
             content_type: self.content_type,
             body: out.freeze(),
+            location: self.location,
             _budget: held,
         })
     }
@@ -294,6 +307,11 @@ impl Upstream {
     /// The shared pools (for calls to other hosts).
     pub fn pool(&self) -> &Backend {
         &self.pool
+    }
+
+    /// The shared pools, to keep (a task that outlives the call).
+    pub fn pool_arc(&self) -> Arc<Backend> {
+        self.pool.clone()
     }
 
     fn uri(&self, path_and_query: &str) -> Result<Uri, BackendError> {

@@ -27,6 +27,10 @@ pub struct ConnHandle {
     push: OnceLock<mpsc::Sender<Outbound>>,
     /// Per-connection state of the handlers, one value per type, created on first use.
     extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// The user id the client gave (`set_user_id`), once it gave one.
+    user_id: arc_swap::ArcSwapOption<String>,
+    /// The deployment's `connection.info`, set at admission.
+    info: OnceLock<Arc<serde_json::Value>>,
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -49,7 +53,29 @@ impl ConnHandle {
             token_digest: token.map(|t| sha2::Sha256::digest(t.as_bytes()).into()),
             push: OnceLock::new(),
             extensions: Mutex::new(HashMap::new()),
+            user_id: arc_swap::ArcSwapOption::empty(),
+            info: OnceLock::new(),
         })
+    }
+
+    /// The user id the client gave, if any.
+    pub fn user_id(&self) -> Option<Arc<String>> {
+        self.user_id.load_full()
+    }
+
+    /// Records the user id the client gave (a later one replaces it).
+    pub fn set_user_id(&self, id: &str) {
+        self.user_id.store(Some(Arc::new(id.to_owned())));
+    }
+
+    /// The deployment's connection info, if the routes declare one.
+    pub fn info(&self) -> Option<&serde_json::Value> {
+        self.info.get().map(|v| &**v)
+    }
+
+    /// Sets the connection info (once, at admission).
+    pub fn set_info(&self, info: Arc<serde_json::Value>) {
+        let _ = self.info.set(info);
     }
 
     /// A fresh random connection id.

@@ -320,6 +320,8 @@ pub enum ProtocolError {
     TooManyConnections,
     #[error("Access denied")]
     AccessDenied,
+    #[error("Send {0} first: this connection has not identified its user")]
+    AuthRequired(String),
 }
 
 impl Refuse for ProtocolError {
@@ -334,6 +336,7 @@ impl Refuse for ProtocolError {
             ProtocolError::Validation(_) => Some("VALIDATION_FAILED"),
             ProtocolError::TooManyConnections => Some("TOO_MANY_CONNECTIONS"),
             ProtocolError::AccessDenied => Some("ACCESS_DENIED"),
+            ProtocolError::AuthRequired(_) => Some("AUTH_REQUIRED"),
             _ => None,
         }
     }

@@ -114,6 +114,35 @@ pub fn normalize(raw: &str) -> Result<SafePath, PathError> {
     })
 }
 
+/// An item with its top-level strings percent-encoded as one path segment each.
+pub fn encode_strings(item: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    match item {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => Value::String(
+                            percent_encoding::utf8_percent_encode(s, SEGMENT).collect(),
+                        ),
+                        other => other.clone(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::String(s) => {
+            Value::String(percent_encoding::utf8_percent_encode(s, SEGMENT).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

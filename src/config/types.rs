@@ -276,6 +276,13 @@ pub struct LogsConfig {
     pub batch: usize,
     /// Lines containing any of these substrings are not pushed (noisy loggers).
     pub exclude: Vec<String>,
+    /// INFO and DEBUG lines of these loggers are not pushed; ERROR and WARNING lines always
+    /// are. The logger is read from Scope's line format
+    /// (`2026-01-01 12:00:00,000 - logger.name - LEVEL - message`).
+    pub skip_loggers: Vec<String>,
+    /// An environment variable whose comma-separated loggers extend `skip_loggers`
+    /// (Scope 0.2.3's `CLOUD_LOG_SKIP_LOGGERS`), read at start.
+    pub skip_loggers_env: Option<String>,
     /// Lines queued per client before the oldest are dropped.
     pub queue: usize,
 }
@@ -286,6 +293,8 @@ impl Default for LogsConfig {
             push_to_clients: false,
             batch: 50,
             exclude: Vec::new(),
+            skip_loggers: Vec::new(),
+            skip_loggers_env: None,
             queue: 1000,
         }
     }
@@ -363,8 +372,92 @@ pub struct ConnectionConfig {
     pub auth: AuthConfig,
     /// Sent right after the upgrade (a reply template; `connection.*` is available).
     pub on_connect: Option<Value>,
+    /// Backend calls made right after `ready`, in order, best effort (they never delay it),
+    /// such as telling the backend the connection id its log lines should carry.
+    pub after_connect: Vec<ConnectStep>,
     /// Steps run when the connection ends.
     pub on_disconnect: Vec<DisconnectStep>,
+    /// The user-id message (Scope 0.2.3's `set_user_id`): answered, recorded for
+    /// `${connection.user_id}`, and checked against an authorizer when `check` is set.
+    pub gate: Option<GateConfig>,
+    /// What the backend learns about the deployment (`${connection.info}`): an object whose
+    /// values may name the environment (`${env.NOMAD_DC:-unknown}`), read at load.
+    pub info: Option<Value>,
+    /// Lifecycle events (`websocket_connected`, `websocket_disconnected`): always logged;
+    /// sent to an HTTP sink too when one is set.
+    pub events: Option<EventsConfig>,
+}
+
+/// The user-id message and its optional access check.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// The message type (default `set_user_id`).
+    #[serde(default = "default_gate_message")]
+    pub message: String,
+    /// The field holding the user id (default `user_id`).
+    #[serde(default = "default_gate_field")]
+    pub field: String,
+    /// The access check: a GET to this URL (a template: `${message.*}`, `${env.*}`); a 2xx
+    /// grants access, anything else (or no answer in `timeout`) is `ACCESS_DENIED` and close
+    /// 4003. Messages sent meanwhile wait, in order. Absent: no check, the id is recorded.
+    #[serde(default)]
+    pub check: Option<GateCheck>,
+    /// Messages before the first user-id message are refused with `AUTH_REQUIRED`.
+    #[serde(default)]
+    pub required: bool,
+    /// The reply (a template; default `{type: user_id_set, user_id: ${message.<field>}}`).
+    #[serde(default)]
+    pub reply: Option<Value>,
+    /// Log lines are pushed only once access is granted (when `check` is set).
+    #[serde(default = "yes")]
+    pub logs_after_grant: bool,
+}
+
+fn default_gate_message() -> String {
+    "set_user_id".to_owned()
+}
+
+fn default_gate_field() -> String {
+    "user_id".to_owned()
+}
+
+/// The gate's HTTP check.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GateCheck {
+    /// URL template, http:// or https://.
+    pub url: String,
+    /// Time the check may take (default 10 s); a timeout denies.
+    #[serde(default = "default_gate_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_gate_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+/// Where lifecycle events go besides the log.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// An HTTP sink: each event is POSTed as JSON `{"type": …, "data": {…}}`.
+    pub url: String,
+    /// Events waiting for the sink; when full, new events are dropped and counted
+    /// (`scope_router_events_dropped_total`), so a slow sink never delays a socket.
+    #[serde(default = "default_event_queue")]
+    pub queue: usize,
+    /// Time one POST may take.
+    #[serde(default = "default_event_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_event_queue() -> usize {
+    1000
+}
+
+fn default_event_timeout() -> Dur {
+    Dur::secs(5)
 }
 
 impl Default for ConnectionConfig {
@@ -385,7 +478,11 @@ impl Default for ConnectionConfig {
             keepalive: None,
             auth: AuthConfig::None,
             on_connect: None,
+            after_connect: Vec::new(),
             on_disconnect: Vec::new(),
+            gate: None,
+            info: None,
+            events: None,
         }
     }
 }
@@ -401,7 +498,7 @@ pub struct KeepaliveConfig {
 }
 
 /// A step run on disconnect, in order.
-#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum DisconnectStep {
     /// `close_sessions`: DELETE every WebRTC session this connection opened.
@@ -412,18 +509,73 @@ pub enum DisconnectStep {
     /// `$NAME` takes the path from `backend.env` or the router's environment.
     ClearDir(String),
     /// An HTTP call to the backend.
-    Http(HttpStep),
+    Http(Box<HttpStep>),
 }
 
-/// An HTTP call made on disconnect.
-#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+/// A step run right after `ready`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum ConnectStep {
+    /// An HTTP call to the backend.
+    Http(Box<HttpStep>),
+}
+
+/// An HTTP call to the backend made by a connection hook.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpStep {
     /// Method (default POST).
     #[serde(default = "default_post")]
     pub method: String,
-    /// Backend path; `${connection.id}` is replaced by the connection id.
+    /// Backend path, a template: `${connection.id}`, `${connection.user_id}`, `${env.*}`.
     pub path: String,
+    /// JSON body, a template like the path.
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Time the call may take (default 10 s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Run only when the last connection leaves (between users), like `clear_dir`.
+    #[serde(default)]
+    pub last_only: bool,
+    /// Statuses that are fine and logged quietly (a newer backend's 404, say).
+    #[serde(default)]
+    pub quiet_statuses: Vec<u16>,
+    /// A call for each element of a list in this call's JSON answer.
+    #[serde(default)]
+    pub for_each: Option<ForEachStep>,
+}
+
+/// One call per element of a list in an answer (`${item.*}` names the element's fields;
+/// string fields are percent-encoded where they go into the path).
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForEachStep {
+    /// Where the list is in the answer: a dotted path such as `plugins` (empty: the answer).
+    #[serde(default)]
+    pub items: String,
+    /// Elements whose field of this name is `true` are skipped (e.g. `bundled`).
+    #[serde(default)]
+    pub skip_if: Option<String>,
+    /// Method of each call (default DELETE).
+    #[serde(default = "default_delete")]
+    pub method: String,
+    /// Path of each call, a template (`${item.name}`).
+    pub path: String,
+    /// Time each call may take (default 10 s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Most elements walked (the rest are logged and left).
+    #[serde(default = "default_for_each_max")]
+    pub max_items: usize,
+}
+
+fn default_delete() -> String {
+    "DELETE".to_owned()
+}
+
+fn default_for_each_max() -> usize {
+    256
 }
 
 fn default_post() -> String {
@@ -642,6 +794,11 @@ pub struct ForwardConfig {
     /// plugin install runs the package's code on the runner.
     #[serde(default)]
     pub deny_requests: Vec<String>,
+    /// Checks made before a request is sent: a request (`METHOD /glob`) goes on only when
+    /// a field of its body is on an allowlist fetched over HTTP (Scope 0.2.3's plugin
+    /// allowlist). Not on it: 403; the list cannot be fetched: 503.
+    #[serde(default)]
+    pub guards: Vec<GuardConfig>,
     /// A body `{"_base64_content":…, "_content_type":…}` is decoded and sent as raw bytes.
     #[serde(default = "yes")]
     pub base64_uploads: bool,
@@ -651,9 +808,15 @@ pub struct ForwardConfig {
     /// Per-path timeouts; the first match wins.
     #[serde(default)]
     pub timeouts: Vec<TimeoutRule>,
-    /// Requests (`METHOD /glob`) whose JSON object body gets the connection id added as `connection_id`.
+    /// Requests (`METHOD /glob`) whose JSON object body gets the connection id added as
+    /// `connection_id` (and the other `add_fields`).
     #[serde(default)]
     pub add_connection_id: Vec<String>,
+    /// The fields those bodies get, a template (default: `connection_id`, `user_id` and
+    /// `connection_info` from `${connection.*}`); an absent value (no user id given yet, no
+    /// `connection.info`) leaves its key out.
+    #[serde(default)]
+    pub add_fields: Option<Value>,
     /// Uploads by URL (`{"_cdn_url": …}` bodies): the router fetches the file and sends its
     /// bytes. Off unless hosts are listed: fetching client-supplied URLs is a request-forgery hole.
     #[serde(default)]
@@ -675,6 +838,78 @@ pub struct ForwardConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// A request guard of a forward route.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// The requests it checks, `METHOD /path-glob` (e.g. `POST /api/v1/plugins`).
+    pub request: String,
+    /// The list the value must be on.
+    pub allowlist: AllowlistConfig,
+}
+
+/// An allowlist fetched over HTTP, page by page (`?limit=N&offset=M`), cached briefly.
+/// Values and list entries are compared after normalizing URLs: lower case, trimmed,
+/// without a leading `git+`, `http://` or `https://`, or a trailing `.git` or `/`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistConfig {
+    /// The list's URL (`${env.*}` is read at load), http:// or https://.
+    pub url: String,
+    /// The array of entries in each page (`plugins`).
+    #[serde(default = "default_list_items")]
+    pub items: String,
+    /// The field of an entry compared (`repositoryUrl`).
+    #[serde(default = "default_list_field")]
+    pub field: String,
+    /// The page's flag that another page follows (`hasMore`).
+    #[serde(default = "default_list_more")]
+    pub more: String,
+    /// Entries asked per page.
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    /// Most pages fetched.
+    #[serde(default = "default_max_pages")]
+    pub max_pages: usize,
+    /// The request body's field checked (`package`).
+    #[serde(default = "default_list_value")]
+    pub value: String,
+    /// How long a fetched list is used before it is fetched again.
+    #[serde(default = "default_list_cache")]
+    pub cache: Dur,
+    /// Time each page may take.
+    #[serde(default = "default_gate_timeout")]
+    pub timeout: Dur,
+    /// The 403's error text; `{value}` is the value refused.
+    #[serde(default = "default_list_denied")]
+    pub denied: String,
+}
+
+fn default_list_items() -> String {
+    "plugins".to_owned()
+}
+fn default_list_field() -> String {
+    "repositoryUrl".to_owned()
+}
+fn default_list_more() -> String {
+    "hasMore".to_owned()
+}
+fn default_page_size() -> usize {
+    100
+}
+fn default_max_pages() -> usize {
+    50
+}
+fn default_list_value() -> String {
+    "package".to_owned()
+}
+fn default_list_cache() -> Dur {
+    Dur::secs(60)
+}
+fn default_list_denied() -> String {
+    "Plugin '{value}' is not in the allowed list for cloud mode".to_owned()
 }
 
 fn default_methods() -> Vec<String> {
@@ -711,6 +946,10 @@ pub struct CdnConfig {
     /// Time the fetch may take.
     #[serde(default = "default_cdn_timeout")]
     pub timeout: Dur,
+    /// Redirects followed, each only to a URL that passes the same checks (host, scheme,
+    /// no credentials); 0 follows none.
+    #[serde(default)]
+    pub follow_redirects: usize,
 }
 
 fn default_cdn_max() -> usize {
@@ -749,9 +988,13 @@ pub struct SignalingConfig {
     /// Time the backend call may take.
     #[serde(default)]
     pub timeout: Option<Dur>,
-    /// Add the connection id to offers as `connection_id`.
+    /// Add the connection id to offers as `connection_id` (and the other `add_fields`).
     #[serde(default)]
     pub add_connection_id: bool,
+    /// The fields offers get with `add_connection_id`, a template (default: `connection_id`,
+    /// `user_id` and `connection_info`); absent values leave their key out.
+    #[serde(default)]
+    pub add_fields: Option<Value>,
     /// WebRTC sessions one connection may hold, offers in flight included (`offer` only).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,

@@ -362,11 +362,12 @@ fn spawn_child(cfg: &BackendConfig, base_dir: &Path, logs: &LogFeed) -> Result<C
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let filter = Arc::new(LogFilter::new(&cfg.logs));
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, "stdout", logs.clone(), cfg.logs.exclude.clone()));
+        tokio::spawn(pump(out, "stdout", logs.clone(), filter.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, "stderr", logs.clone(), cfg.logs.exclude.clone()));
+        tokio::spawn(pump(err, "stderr", logs.clone(), filter));
     }
     Ok(child)
 }
@@ -383,7 +384,7 @@ async fn pump(
     stream: impl AsyncRead + Unpin,
     which: &'static str,
     logs: LogFeed,
-    exclude: Vec<String>,
+    exclude: Arc<LogFilter>,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut line: Vec<u8> = Vec::with_capacity(256);
@@ -417,14 +418,64 @@ async fn pump(
     }
 }
 
-fn emit(raw: &[u8], cut: usize, which: &'static str, logs: &LogFeed, exclude: &[String]) {
+/// Which backend lines reach clients: not those with an excluded substring, nor the INFO and
+/// DEBUG lines of skipped loggers.
+#[derive(Debug, Default)]
+pub struct LogFilter {
+    exclude: Vec<String>,
+    skip_loggers: std::collections::HashSet<String>,
+}
+
+impl LogFilter {
+    pub fn new(cfg: &crate::config::LogsConfig) -> LogFilter {
+        let mut skip: std::collections::HashSet<String> = cfg
+            .skip_loggers
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .collect();
+        if let Some(var) = &cfg.skip_loggers_env
+            && let Ok(extra) = std::env::var(var)
+        {
+            skip.extend(
+                extra
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        LogFilter {
+            exclude: cfg.exclude.clone(),
+            skip_loggers: skip,
+        }
+    }
+
+    /// Whether a line goes to clients.
+    pub fn pushes(&self, line: &str) -> bool {
+        if self.exclude.iter().any(|x| line.contains(x.as_str())) {
+            return false;
+        }
+        if self.skip_loggers.is_empty() {
+            return true;
+        }
+        // `2026-01-01 12:00:00,000 - logger.name - LEVEL - message`; other shapes pass.
+        let mut parts = line.splitn(4, " - ");
+        let (Some(_), Some(logger), Some(level)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return true;
+        };
+        !(matches!(level.trim(), "INFO" | "DEBUG") && self.skip_loggers.contains(logger.trim()))
+    }
+}
+
+fn emit(raw: &[u8], cut: usize, which: &'static str, logs: &LogFeed, exclude: &LogFilter) {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     let mut line = String::from_utf8_lossy(raw).into_owned();
     if cut > 0 {
         line.push_str(&format!(" …[{cut} more bytes cut]"));
     }
     tracing::info!(target: "backend", stream = which, "{line}");
-    if logs.has_subscribers() && !exclude.iter().any(|x| line.contains(x.as_str())) {
+    if logs.has_subscribers() && exclude.pushes(&line) {
         logs.send(Arc::from(line));
     }
 }
@@ -433,6 +484,26 @@ fn emit(raw: &[u8], cut: usize, which: &'static str, logs: &LogFeed, exclude: &[
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn skipped_loggers_lose_info_and_debug_only() {
+        let cfg = crate::config::LogsConfig {
+            exclude: vec!["GET /health".to_owned()],
+            skip_loggers: vec!["scope.server.kafka_publisher".to_owned()],
+            ..Default::default()
+        };
+        let f = LogFilter::new(&cfg);
+        let line = |logger: &str, level: &str| {
+            format!("2026-01-01 12:00:00,000 - {logger} - {level} - hello - world")
+        };
+        assert!(!f.pushes(&line("scope.server.kafka_publisher", "INFO")));
+        assert!(!f.pushes(&line("scope.server.kafka_publisher", "DEBUG")));
+        assert!(f.pushes(&line("scope.server.kafka_publisher", "WARNING")));
+        assert!(f.pushes(&line("scope.server.kafka_publisher", "ERROR")));
+        assert!(f.pushes(&line("scope.server.app", "INFO")));
+        assert!(f.pushes("a line of another shape"));
+        assert!(!f.pushes("INFO: GET /health 200"));
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
@@ -453,7 +524,7 @@ mod tests {
         let mut input = b"ok line\n\xff\xfebad utf8\r\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_LOG_LINE + 10));
         input.extend_from_slice(b"\nlast");
-        pump(&input[..], "stdout", logs, Vec::new()).await;
+        pump(&input[..], "stdout", logs, Arc::new(LogFilter::default())).await;
         assert_eq!(&*rx.recv().await.unwrap(), "ok line");
         assert_eq!(&*rx.recv().await.unwrap(), "\u{fffd}\u{fffd}bad utf8");
         let long = rx.recv().await.unwrap();

@@ -23,6 +23,7 @@ pub struct CdnSpec {
     pub allow_http: bool,
     pub max_bytes: usize,
     pub timeout: Duration,
+    pub follow_redirects: usize,
 }
 
 /// Where method, path and body come from.
@@ -61,8 +62,12 @@ pub struct ForwardSpec {
     pub timeout: Duration,
     pub timeouts: Vec<TimeoutRule>,
     pub add_connection_id: Vec<(Method, GlobMatcher)>,
+    /// What those bodies get.
+    pub add_fields: super::AddFields,
     /// Requests never forwarded (`deny_requests`).
     pub deny_requests: Vec<(Method, GlobMatcher)>,
+    /// Checks before a request is sent (`guards`).
+    pub guards: Vec<super::allowlist::RequestGuard>,
     pub reply: Template,
     pub reply_binary: Option<Template>,
     pub on_error: Template,
@@ -163,11 +168,10 @@ impl ForwardSpec {
             code: f.code,
             detail: None,
         };
+        let user = req.conn.user_id();
         let ctx = Ctx {
-            message: Some(&req.msg),
-            connection_id: Some(&req.conn.id),
-            response: None,
             error: Some(&ev),
+            ..super::message_ctx(req, &user)
         };
         let mut out = Vec::with_capacity(128);
         self.on_error
@@ -233,7 +237,17 @@ impl ForwardSpec {
     /// Checks an upload's target before any of its bytes arrive.
     pub fn check_upload_target(&self, method: &str, raw_path: &str) -> Result<(), String> {
         let method = self.method(method).map_err(|f| f.message)?;
-        self.request(&method, raw_path).map_err(|f| f.message)?;
+        let safe = self.request(&method, raw_path).map_err(|f| f.message)?;
+        if self
+            .guards
+            .iter()
+            .any(|g| g.applies(&method, &safe.decoded))
+        {
+            return Err(format!(
+                "{method} {} is checked before it is sent: send it as one api message",
+                safe.decoded
+            ));
+        }
         Ok(())
     }
 
@@ -266,11 +280,8 @@ impl ForwardSpec {
 
     async fn call(&self, req: &Request) -> Result<Answer, Failure> {
         let msg = &req.msg;
-        let base_ctx = Ctx {
-            message: Some(msg),
-            connection_id: Some(&req.conn.id),
-            ..Ctx::default()
-        };
+        let user = req.conn.user_id();
+        let base_ctx = super::message_ctx(req, &user);
         let (method, raw_path, body): (Method, String, Option<Value>) = match &self.target {
             Target::FromMessage => {
                 let method = match msg.get("method") {
@@ -297,6 +308,24 @@ impl ForwardSpec {
         };
 
         let safe = self.request(&method, &raw_path)?;
+        for g in self
+            .guards
+            .iter()
+            .filter(|g| g.applies(&method, &safe.decoded))
+        {
+            g.check(body.as_ref(), self.upstream.pool())
+                .await
+                .map_err(|r| Failure {
+                    status: r.status,
+                    message: r.message,
+                    code: None,
+                    outcome: if r.status == 503 {
+                        Outcome::Unavailable
+                    } else {
+                        Outcome::Rejected
+                    },
+                })?;
+        }
 
         let mut upload = false;
         let payload: Option<(Bytes, String)> = match body {
@@ -332,10 +361,7 @@ impl ForwardSpec {
                         .iter()
                         .any(|(m, g)| *m == method && g.is_match(&safe.decoded))
                     {
-                        obj.insert(
-                            "connection_id".to_owned(),
-                            Value::from(req.conn.id.as_ref()),
-                        );
+                        self.add_fields.apply(req, &mut obj);
                     }
                     Some((
                         json_bytes(&Value::Object(obj)),
@@ -448,11 +474,10 @@ impl ForwardSpec {
             content_type: &resp.content_type,
             parsed,
         };
+        let user = req.conn.user_id();
         let ctx = Ctx {
-            message: Some(&req.msg),
-            connection_id: Some(&req.conn.id),
             response: Some(&rv),
-            error: None,
+            ..super::message_ctx(req, &user)
         };
         let mut out = Vec::with_capacity(resp.body.len() + 96);
         template.render_reply(&ctx, req.request_id.as_ref(), &mut out);
@@ -478,31 +503,64 @@ impl ForwardSpec {
             .get("_cdn_url")
             .and_then(Value::as_str)
             .ok_or_else(|| Failure::bad(400, "_cdn_url must be a string".to_owned()))?;
-        let uri = cdn_uri(url, cdn)
+        let mut uri = cdn_uri(url, cdn)
             .map_err(|why| Failure::bad(403, format!("_cdn_url refused: {why}")))?;
-        let host = uri.host().unwrap_or_default().to_owned();
-        let resp = self
-            .upstream
-            .pool()
-            .send_outbound(Method::GET, uri, None, &[], cdn.timeout, cdn.max_bytes)
-            .await
-            .map_err(|e| match e {
-                BackendError::TooLarge(n) => {
-                    Failure::bad(413, format!("_cdn_url file is over {n} bytes"))
-                }
-                BackendError::Timeout => Failure {
-                    status: 504,
-                    message: "CDN fetch timeout".to_owned(),
-                    code: None,
-                    outcome: Outcome::Timeout,
-                },
-                other => Failure {
-                    status: 502,
-                    message: format!("CDN fetch failed: {other}"),
-                    code: None,
-                    outcome: Outcome::BackendError,
-                },
-            })?;
+        let deadline = tokio::time::Instant::now() + cdn.timeout;
+        let mut redirects = 0;
+        let resp = loop {
+            let host = uri.host().unwrap_or_default().to_owned();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let resp = self
+                .upstream
+                .pool()
+                .send_outbound(Method::GET, uri.clone(), None, &[], left, cdn.max_bytes)
+                .await;
+            let Ok(r) = &resp else {
+                break resp.map(|r| (r, host));
+            };
+            let Some(next) = r.location.as_deref().filter(|_| r.status.is_redirection()) else {
+                break resp.map(|r| (r, host));
+            };
+            redirects += 1;
+            if redirects > cdn.follow_redirects {
+                return Err(Failure::bad(
+                    502,
+                    format!(
+                        "CDN fetch redirected more than {} times",
+                        cdn.follow_redirects
+                    ),
+                ));
+            }
+            // A relative Location resolves against the URL that answered.
+            let absolute = if next.starts_with('/') {
+                format!(
+                    "{}://{}{next}",
+                    uri.scheme_str().unwrap_or("https"),
+                    uri.authority().map(|a| a.as_str()).unwrap_or("")
+                )
+            } else {
+                next.to_owned()
+            };
+            uri = cdn_uri(&absolute, cdn)
+                .map_err(|why| Failure::bad(403, format!("_cdn_url redirect refused: {why}")))?;
+        };
+        let (resp, host) = resp.map_err(|e| match e {
+            BackendError::TooLarge(n) => {
+                Failure::bad(413, format!("_cdn_url file is over {n} bytes"))
+            }
+            BackendError::Timeout => Failure {
+                status: 504,
+                message: "CDN fetch timeout".to_owned(),
+                code: None,
+                outcome: Outcome::Timeout,
+            },
+            other => Failure {
+                status: 502,
+                message: format!("CDN fetch failed: {other}"),
+                code: None,
+                outcome: Outcome::BackendError,
+            },
+        })?;
         if resp.status != hyper::StatusCode::OK {
             return Err(Failure {
                 status: 502,
@@ -565,6 +623,7 @@ mod tests {
             allow_http: false,
             max_bytes: 1,
             timeout: std::time::Duration::from_secs(1),
+            follow_redirects: 0,
         };
         assert!(super::cdn_uri("https://cdn.example.com/a.mp4", &cdn).is_ok());
         assert!(super::cdn_uri("https://CDN.example.com/a.mp4", &cdn).is_ok());

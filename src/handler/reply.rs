@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::Handle;
 use crate::envelope::{Answer, Outcome, Reply, Request};
-use crate::template::{Ctx, Template};
+use crate::template::Template;
 
 /// Answers every message with its template.
 pub struct ReplyHandler {
@@ -25,11 +25,8 @@ impl ReplyHandler {
     }
 
     fn render(&self, req: &Request) -> Reply {
-        let ctx = Ctx {
-            message: Some(&req.msg),
-            connection_id: Some(&req.conn.id),
-            ..Ctx::default()
-        };
+        let user = req.conn.user_id();
+        let ctx = super::message_ctx(req, &user);
         let mut out = Vec::with_capacity(64);
         self.template
             .render_reply(&ctx, req.request_id.as_ref(), &mut out);

@@ -165,6 +165,8 @@ pub struct SignalingSpec {
     pub path: String,
     pub timeout: Duration,
     pub add_connection_id: bool,
+    /// What offers get with `add_connection_id`.
+    pub add_fields: super::AddFields,
     /// Sessions one connection may hold (offers in flight included).
     pub max_sessions: usize,
     /// Refuse an offer over `max_sessions` instead of closing the oldest session for it.
@@ -235,10 +237,7 @@ async fn offer(
         body.insert("initialParameters".to_owned(), p.clone());
     }
     if spec.add_connection_id {
-        body.insert(
-            "connection_id".to_owned(),
-            Value::from(req.conn.id.as_ref()),
-        );
+        spec.add_fields.apply(req, &mut body);
     }
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     let resp = upstream

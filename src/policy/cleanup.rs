@@ -1,13 +1,16 @@
-//! Per-user cleanup on disconnect, compiled at load: close WebRTC sessions, empty directories, call hooks.
+//! Connection hooks, compiled at load: close WebRTC sessions, empty directories, and backend calls (once, or for each item of a list).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::Method;
 
+use serde_json::Value;
+
 use crate::backend::Upstream;
-use crate::config::{DisconnectStep, SignalingDisconnect};
+use crate::config::{DisconnectStep, HttpStep, SignalingDisconnect};
 use crate::conn::ConnHandle;
+use crate::template::{Ctx, Scope, Template};
 
 /// A disconnect step, compiled at load.
 #[derive(Debug, Clone)]
@@ -16,8 +19,166 @@ pub enum Step {
     CloseSessions { offer_path: String },
     /// Empty a directory; `None` when its variable was not set at load.
     ClearDir { spec: String, dir: Option<PathBuf> },
-    /// Call the backend; `${connection.id}` in the path is the connection id.
-    Http { method: Method, path: String },
+    /// Call the backend.
+    Http(HttpCall),
+}
+
+/// A backend call of a hook, compiled at load.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    method: Method,
+    path: Template,
+    body: Option<Template>,
+    timeout: Duration,
+    /// Only when the last connection leaves.
+    pub last_only: bool,
+    quiet: Vec<u16>,
+    for_each: Option<ForEach>,
+}
+
+/// One call per element of a list in the first call's answer.
+#[derive(Debug, Clone)]
+struct ForEach {
+    items: Vec<String>,
+    skip_if: Option<String>,
+    method: Method,
+    path: Template,
+    timeout: Duration,
+    max_items: usize,
+}
+
+/// A path or body template of a hook: the connection's variables and the environment.
+fn hook_template(src: &Value, scope: Scope, what: &str) -> Result<Template, String> {
+    Template::compile(src, scope).map_err(|e| format!("{what}: {e}"))
+}
+
+impl HttpCall {
+    /// Compiles an `http` step (of `after_connect` or `on_disconnect`).
+    pub fn compile(h: &HttpStep) -> Result<HttpCall, String> {
+        if !h.path.starts_with('/') {
+            return Err(format!("http path {:?} must start with '/'", h.path));
+        }
+        let for_each = match &h.for_each {
+            None => None,
+            Some(f) if !f.path.starts_with('/') => {
+                return Err(format!("for_each path {:?} must start with '/'", f.path));
+            }
+            Some(f) => Some(ForEach {
+                items: f
+                    .items
+                    .split('.')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                skip_if: f.skip_if.clone(),
+                method: crate::route::method(&f.method)?,
+                path: hook_template(
+                    &Value::from(f.path.as_str()),
+                    Scope::CONNECTION.with(Scope::ITEM),
+                    "for_each.path",
+                )?,
+                timeout: f.timeout.map_or(Duration::from_secs(10), |d| d.0),
+                max_items: f.max_items,
+            }),
+        };
+        Ok(HttpCall {
+            method: crate::route::method(&h.method)?,
+            path: hook_template(&Value::from(h.path.as_str()), Scope::CONNECTION, "path")?,
+            body: h
+                .body
+                .as_ref()
+                .map(|b| hook_template(b, Scope::CONNECTION, "body"))
+                .transpose()?,
+            timeout: h.timeout.map_or(Duration::from_secs(10), |d| d.0),
+            last_only: h.last_only,
+            quiet: h.quiet_statuses.clone(),
+            for_each,
+        })
+    }
+
+    /// Makes the call (and the calls for each item); failures are logged, never returned.
+    pub async fn run(&self, upstream: &Upstream, conn: &ConnHandle) {
+        let user = conn.user_id();
+        let ctx = Ctx {
+            connection_id: Some(&conn.id),
+            user_id: user.as_deref().map(String::as_str),
+            connection_info: conn.info(),
+            ..Ctx::default()
+        };
+        let path = self.path.render_text(&ctx);
+        let body = self.body.as_ref().map(|b| {
+            let mut out = Vec::new();
+            b.render(&ctx, &mut out);
+            (bytes::Bytes::from(out), "application/json")
+        });
+        let resp = match upstream
+            .call(self.method.clone(), &path, body, self.timeout)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(method = %self.method, %path, error = %e, "hook call failed");
+                return;
+            }
+        };
+        let status = resp.status.as_u16();
+        if resp.status.is_success() {
+            tracing::info!(method = %self.method, %path, status, "hook called");
+        } else if self.quiet.contains(&status) {
+            tracing::debug!(method = %self.method, %path, status, "hook answered (expected)");
+            return;
+        } else {
+            tracing::warn!(method = %self.method, %path, status, "hook answered an error");
+            return;
+        }
+        let Some(each) = &self.for_each else {
+            return;
+        };
+        let answer: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+        let list = each
+            .items
+            .iter()
+            .try_fold(&answer, |v, k| v.get(k.as_str()))
+            .and_then(Value::as_array);
+        let Some(list) = list else {
+            tracing::warn!(%path, "hook answer has no list to walk");
+            return;
+        };
+        if list.len() > each.max_items {
+            tracing::warn!(%path, items = list.len(), max = each.max_items, "hook list cut");
+        }
+        for item in list.iter().take(each.max_items) {
+            let skip = each
+                .skip_if
+                .as_deref()
+                .is_some_and(|f| item.get(f).and_then(Value::as_bool) == Some(true));
+            if skip {
+                continue;
+            }
+            let encoded = crate::pathsafe::encode_strings(item);
+            let item_ctx = Ctx {
+                item: Some(&encoded),
+                ..Ctx {
+                    connection_id: Some(&conn.id),
+                    user_id: user.as_deref().map(String::as_str),
+                    connection_info: conn.info(),
+                    ..Ctx::default()
+                }
+            };
+            let item_path = each.path.render_text(&item_ctx);
+            match upstream
+                .call(each.method.clone(), &item_path, None, each.timeout)
+                .await
+            {
+                Ok(r) => {
+                    tracing::info!(method = %each.method, path = %item_path, status = r.status.as_u16(), "hook called for an item")
+                }
+                Err(e) => {
+                    tracing::warn!(method = %each.method, path = %item_path, error = %e, "hook call for an item failed")
+                }
+            }
+        }
+    }
 }
 
 impl Step {
@@ -41,13 +202,7 @@ impl Step {
                 spec: d.clone(),
                 dir: resolve_dir(d, backend_env),
             },
-            DisconnectStep::Http(h) if !h.path.starts_with('/') => {
-                return Err(format!("http path {:?} must start with '/'", h.path));
-            }
-            DisconnectStep::Http(h) => Step::Http {
-                method: crate::route::method(&h.method)?,
-                path: h.path.clone(),
-            },
+            DisconnectStep::Http(h) => Step::Http(HttpCall::compile(h)?),
         })
     }
 }
@@ -86,18 +241,10 @@ pub async fn run(steps: &[Step], upstream: &Upstream, conn: &ConnHandle, last: b
                     Err(e) => tracing::warn!(dir = %shown, error = %e, "clear task failed"),
                 }
             }
-            Step::Http { method, path } => {
-                let path = path.replace("${connection.id}", &conn.id);
-                match upstream
-                    .call(method.clone(), &path, None, Duration::from_secs(10))
-                    .await
-                {
-                    Ok(r) => {
-                        tracing::info!(%path, status = r.status.as_u16(), "disconnect hook called")
-                    }
-                    Err(e) => tracing::warn!(%path, error = %e, "disconnect hook failed"),
-                }
+            Step::Http(call) if call.last_only && !last => {
+                tracing::debug!("other connections are open; between-users hook skipped");
             }
+            Step::Http(call) => call.run(upstream, conn).await,
         }
     }
 }

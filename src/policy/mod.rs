@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod cleanup;
+pub mod events;
+pub mod gate;
 pub mod operator;
 
 use std::time::Duration;
@@ -50,7 +52,14 @@ pub struct ConnectionPolicy {
     pub auth: auth::Auth,
     /// Sent right after the upgrade.
     pub on_connect: Template,
+    /// Backend calls right after `ready`, best effort.
+    pub after_connect: Vec<cleanup::HttpCall>,
     pub on_disconnect: Vec<cleanup::Step>,
+    /// The user-id message and its access check.
+    pub gate: Option<gate::Gate>,
+    /// `${connection.info}`, read from the environment at load.
+    pub info: Option<std::sync::Arc<serde_json::Value>>,
+    pub events: events::Events,
     /// Upload chunks may arrive as binary frames (an `upload_chunk` transfer route exists).
     pub binary_uploads: bool,
     pub logs: LogPush,
@@ -79,6 +88,31 @@ impl ConnectionPolicy {
             .map(|s| cleanup::Step::compile(s, offer_path, backend_env))
             .collect::<Result<Vec<_>, String>>()
             .map_err(|e| format!("connection.on_disconnect: {e}"))?;
+        let after_connect = conn
+            .after_connect
+            .iter()
+            .map(|crate::config::ConnectStep::Http(h)| cleanup::HttpCall::compile(h))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| format!("connection.after_connect: {e}"))?;
+        let gate = conn
+            .gate
+            .as_ref()
+            .map(gate::Gate::compile)
+            .transpose()
+            .map_err(|e| format!("connection.{e}"))?;
+        let info = conn
+            .info
+            .as_ref()
+            .map(|v| {
+                let t = Template::compile(v, Scope::CONNECTION)
+                    .map_err(|e| format!("connection.info: {e}"))?;
+                let mut out = Vec::new();
+                t.render(&Ctx::default(), &mut out);
+                serde_json::from_slice::<serde_json::Value>(&out)
+                    .map(std::sync::Arc::new)
+                    .map_err(|e| format!("connection.info: {e}"))
+            })
+            .transpose()?;
         Ok(ConnectionPolicy {
             max_message_bytes: conn.max_message_bytes,
             max_in_flight: conn.max_in_flight,
@@ -104,7 +138,11 @@ impl ConnectionPolicy {
             }),
             auth: auth::Auth::compile(&conn.auth)?,
             on_connect,
+            after_connect,
             on_disconnect,
+            gate,
+            info,
+            events: events::Events::compile(conn.events.as_ref())?,
             binary_uploads,
             logs: LogPush {
                 enabled: logs.push_to_clients,

@@ -118,7 +118,7 @@ fn build_route(
         HandlerConfig::Signaling(sig) => (
             BoxCloneSyncService::new(HandlerService::new(SignalingHandler::new(
                 shared.upstream.clone(),
-                signaling_spec(sig),
+                signaling_spec(sig)?,
             ))),
             Some(plain_refusal()),
         ),
@@ -268,19 +268,20 @@ fn forward_refusal(spec: &Arc<ForwardSpec>) -> Refusal {
     Arc::new(move |req: &Request| spec.unavailable(req))
 }
 
-pub(crate) fn signaling_spec(cfg: &SignalingConfig) -> SignalingSpec {
+pub(crate) fn signaling_spec(cfg: &SignalingConfig) -> Result<SignalingSpec, String> {
     let (action, default_timeout) = match cfg.action {
         SignalingAction::Offer => (Action::Offer, Duration::from_secs(30)),
         SignalingAction::Icecandidate => (Action::IceCandidate, Duration::from_secs(10)),
     };
-    SignalingSpec {
+    Ok(SignalingSpec {
         action,
         path: cfg.path.trim_end_matches('/').to_owned(),
         timeout: cfg.timeout.map_or(default_timeout, |d| d.0),
         add_connection_id: cfg.add_connection_id,
+        add_fields: crate::handler::AddFields::compile(cfg.add_fields.as_ref())?,
         max_sessions: cfg.max_sessions.max(1),
         refuse_over_max: cfg.when_full == crate::config::WhenFull::Refuse,
-    }
+    })
 }
 
 fn glob(pattern: &str) -> Result<Glob, String> {
@@ -382,6 +383,11 @@ fn forward_spec(
     };
     let add_connection_id = request_rules("add_connection_id", &cfg.add_connection_id)?;
     let deny_requests = request_rules("deny_requests", &cfg.deny_requests)?;
+    let guards = cfg
+        .guards
+        .iter()
+        .map(|g| crate::handler::allowlist::RequestGuard::compile(g, matcher))
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(ForwardSpec {
         route: name.clone(),
         upstream: shared.upstream.clone(),
@@ -403,7 +409,9 @@ fn forward_spec(
         timeout: cfg.timeout.0,
         timeouts,
         add_connection_id,
+        add_fields: crate::handler::AddFields::compile(cfg.add_fields.as_ref())?,
         deny_requests,
+        guards,
         reply,
         reply_binary,
         on_error,
@@ -413,6 +421,7 @@ fn forward_spec(
             allow_http: c.allow_http,
             max_bytes: c.max_bytes,
             timeout: c.timeout.0,
+            follow_redirects: c.follow_redirects,
         }),
     })
 }

@@ -4,6 +4,7 @@
 //! the same over a real socket and over channels in a unit test.
 
 pub mod admission;
+mod gate;
 mod io;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
 use self::admission::Slots;
+use self::gate::Decision;
 use self::io::{
     Bucket, CLOSE_ACCESS_DENIED, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER, classify, close, send, send_text,
@@ -24,6 +26,7 @@ use self::io::{
 use crate::conn::{ConnHandle, Outbound};
 use crate::envelope::{Answer, ProtocolError, Reply, Request, decode, refuse};
 use crate::handler::transfer::Uploads;
+use crate::policy::gate::GateError;
 use crate::publish::{LogFeed, View};
 use crate::snapshot::Snapshot;
 
@@ -57,6 +60,7 @@ enum EndReason {
     KeepaliveTimeout,
     Shutdown,
     SendFailed,
+    AccessDenied,
 }
 
 /// Serves one connection until it ends, then runs the disconnect steps.
@@ -145,11 +149,35 @@ async fn run<S>(
     open_gauge.increment(1.0);
     tracing::info!(table = %snap.meta.version, "connected");
 
+    if let Some(info) = &policy.info {
+        conn.set_info(info.clone());
+    }
     let ready = policy.connect_message(&conn.id);
     let log_batch = policy.logs.batch;
-    let mut logs = policy.logs.enabled.then(|| shared.logs.subscribe());
+    // With an access check, log lines wait for the grant.
+    let checks = policy.gate.as_ref().is_some_and(|g| g.checks());
+    let defer_logs = checks && policy.gate.as_ref().is_some_and(|g| g.logs_after_grant);
+    let mut logs = (policy.logs.enabled && !defer_logs).then(|| shared.logs.subscribe());
     bytes_out += ready.len() as u64;
     let mut ok = send_text(&mut tx, ready, write_timeout).await;
+    let connected_ms = crate::policy::events::now_ms();
+    if !checks {
+        emit_connected(&snap, &conn);
+    }
+    if !policy.after_connect.is_empty() {
+        // Best effort, in order, without delaying anything the client sent.
+        let (snap, conn) = (snap.clone(), conn.clone());
+        tokio::spawn(
+            async move {
+                for call in &snap.policy.after_connect {
+                    call.run(&snap.upstream, &conn).await;
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    let mut gate = gate::GateState::default();
+    let mut gate_check: Option<BoxFuture<'static, Result<(), GateError>>> = None;
 
     let (push_tx, mut push_rx) = tokio::sync::mpsc::channel::<Outbound>(16);
     conn.set_push(push_tx);
@@ -225,13 +253,15 @@ async fn run<S>(
                                 Some(refuse(request_id.as_ref(), &ProtocolError::RateLimited))
                             }
                             Ok((msg, request_id)) => {
-                                if in_flight.len() >= policy.max_in_flight {
-                                    Some(refuse(request_id.as_ref(), &ProtocolError::TooManyInFlight(policy.max_in_flight)))
-                                } else {
-                                    let req = Request { msg, request_id, conn: conn.clone() };
-                                    // Each message uses the table current when it arrived.
-                                    in_flight.push(shared.snapshot.load().table.dispatch(req));
-                                    None
+                                let req = Request { msg, request_id, conn: conn.clone() };
+                                match gate.decide(policy.gate.as_ref(), req, policy.max_in_flight) {
+                                    Decision::Dispatch(req) => dispatch(&mut in_flight, shared, req, policy.max_in_flight),
+                                    Decision::Reply(r) => Some(r),
+                                    Decision::Held => None,
+                                    Decision::Check => {
+                                        gate_check = gate.checking.as_ref().map(|r| start_check(&snap, &r.msg));
+                                        None
+                                    }
                                 }
                             }
                         }
@@ -271,6 +301,44 @@ async fn run<S>(
                     ok = send_text(&mut tx, r.text, write_timeout).await;
                 }
             }
+            checked = poll_opt(&mut gate_check), if gate_check.is_some() => {
+                gate_check = None;
+                let Some(g) = policy.gate.as_ref() else { continue };
+                if let Err(e) = checked {
+                    tracing::warn!(reason = %e, "access denied");
+                    metrics::counter!("scope_router_auth_denied_total").increment(1);
+                    let rid = gate.checking.as_ref().and_then(|r| r.request_id.clone());
+                    let r = refuse(rid.as_ref(), &ProtocolError::AccessDenied);
+                    let _ = send_text(&mut tx, r.text, write_timeout).await;
+                    close(&mut tx, CLOSE_ACCESS_DENIED, "access denied").await;
+                    break EndReason::AccessDenied;
+                }
+                let Some((reply, mut rest)) = gate.granted(g) else { continue };
+                tracing::info!("user id set, access granted");
+                bytes_out += reply.text.len() as u64;
+                ok = send_text(&mut tx, reply.text, write_timeout).await;
+                if policy.logs.enabled && logs.is_none() {
+                    logs = Some(shared.logs.subscribe());
+                }
+                emit_connected(&snap, &conn);
+                // The messages that waited, in order.
+                while let Some(req) = rest.pop_front() {
+                    let reply = match gate.decide(Some(g), req, policy.max_in_flight) {
+                        Decision::Dispatch(req) => dispatch(&mut in_flight, shared, req, policy.max_in_flight),
+                        Decision::Reply(r) => Some(r),
+                        Decision::Held => None,
+                        Decision::Check => {
+                            gate_check = gate.checking.as_ref().map(|r| start_check(&snap, &r.msg));
+                            gate.hold_front(std::mem::take(&mut rest));
+                            None
+                        }
+                    };
+                    if let (Some(r), true) = (reply, ok) {
+                        bytes_out += r.text.len() as u64;
+                        ok = send_text(&mut tx, r.text, write_timeout).await;
+                    }
+                }
+            }
             lines = next_logs(&mut logs, log_batch), if logs.is_some() => {
                 match lines {
                     Some(lines) => {
@@ -304,6 +372,7 @@ async fn run<S>(
         }
     };
 
+    emit_disconnected(&snap, &conn, connected_ms);
     let hold = shared.slots.leave(slot);
     // Nothing reads pushes any more: a download in progress stops here.
     drop(push_rx);
@@ -369,6 +438,96 @@ async fn run<S>(
         bytes_in,
         bytes_out,
         "disconnected"
+    );
+}
+
+/// Routes one message, unless the connection has `max` in flight already.
+fn dispatch(
+    in_flight: &mut FuturesUnordered<BoxFuture<'static, Answer>>,
+    shared: &Shared,
+    req: Request,
+    max: usize,
+) -> Option<Reply> {
+    if in_flight.len() >= max {
+        return Some(refuse(
+            req.request_id.as_ref(),
+            &ProtocolError::TooManyInFlight(max),
+        ));
+    }
+    // Each message uses the table current when it arrived.
+    in_flight.push(shared.snapshot.load().table.dispatch(req));
+    None
+}
+
+/// The access check of a user-id message, under the connection's snapshot.
+fn start_check(
+    snap: &Arc<Snapshot>,
+    msg: &serde_json::Value,
+) -> BoxFuture<'static, Result<(), GateError>> {
+    let (snap, msg) = (snap.clone(), msg.clone());
+    Box::pin(async move {
+        match &snap.policy.gate {
+            Some(g) => g.check(&msg, snap.upstream.pool()).await,
+            None => Ok(()),
+        }
+    })
+}
+
+/// Awaits the future when there is one (the select branch is disabled otherwise).
+async fn poll_opt<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What lifecycle events say about a connection.
+fn event_data(conn: &ConnHandle) -> serde_json::Map<String, serde_json::Value> {
+    let mut data = serde_json::Map::new();
+    data.insert(
+        "user_id".to_owned(),
+        conn.user_id().map_or(serde_json::Value::Null, |u| {
+            serde_json::Value::from(u.as_str())
+        }),
+    );
+    data.insert(
+        "connection_id".to_owned(),
+        serde_json::Value::from(&*conn.id),
+    );
+    data.insert(
+        "connection_info".to_owned(),
+        conn.info().cloned().unwrap_or(serde_json::Value::Null),
+    );
+    data
+}
+
+fn emit_connected(snap: &Snapshot, conn: &ConnHandle) {
+    snap.policy.events.emit(
+        "websocket_connected",
+        serde_json::Value::Object(event_data(conn)),
+        &snap.upstream.pool_arc(),
+    );
+}
+
+fn emit_disconnected(snap: &Snapshot, conn: &ConnHandle, start_ms: u64) {
+    let end_ms = crate::policy::events::now_ms();
+    let mut data = event_data(conn);
+    data.insert(
+        "duration_ms".to_owned(),
+        serde_json::Value::from(end_ms.saturating_sub(start_ms)),
+    );
+    data.insert(
+        "session_start_time_ms".to_owned(),
+        serde_json::Value::from(start_ms),
+    );
+    data.insert(
+        "session_end_time_ms".to_owned(),
+        serde_json::Value::from(end_ms),
+    );
+    snap.policy.events.emit(
+        "websocket_disconnected",
+        serde_json::Value::Object(data),
+        &snap.upstream.pool_arc(),
     );
 }
 

@@ -3,7 +3,9 @@
 //! A string that is exactly one `${expr}` keeps the JSON type of what it names;
 //! any other string interpolates as text. An expression that names nothing (a
 //! missing field) drops its object key, so optional fields stay optional.
-//! `$${` writes a literal `${`.
+//! `$${` writes a literal `${`. `${env.NAME}` is the router's environment variable, read at
+//! load: `${env.A|B:-text}` tries `A`, then `B`, then writes `text`; `${env_json.NAME}` keeps
+//! a value that parses as JSON as JSON.
 
 mod render;
 
@@ -22,6 +24,8 @@ impl Scope {
     pub const CONNECTION: Scope = Scope(2);
     pub const RESPONSE: Scope = Scope(4);
     pub const ERROR: Scope = Scope(8);
+    /// `item.*`: one element of a list a hook step walks (`for_each`).
+    pub const ITEM: Scope = Scope(16);
 
     pub const fn with(self, other: Scope) -> Scope {
         Scope(self.0 | other.0)
@@ -88,6 +92,12 @@ pub enum Part {
 pub enum Expr {
     Message(Box<[Box<str>]>),
     ConnectionId,
+    /// The user id the connection gave (`set_user_id`), when it gave one.
+    ConnectionUserId,
+    /// The deployment's `connection.info` object.
+    ConnectionInfo,
+    /// A field of the list element a hook step walks.
+    Item(Box<[Box<str>]>),
     ResponseStatus,
     /// The response body as JSON, or as a string when it is not JSON; with a sub-path, a field of it.
     ResponseJson(Box<[Box<str>]>),
@@ -106,6 +116,9 @@ impl fmt::Display for Expr {
         let (head, path): (&str, &[Box<str>]) = match self {
             Expr::Message(p) => ("message", p),
             Expr::ConnectionId => ("connection.id", &[]),
+            Expr::ConnectionUserId => ("connection.user_id", &[]),
+            Expr::ConnectionInfo => ("connection.info", &[]),
+            Expr::Item(p) => ("item", p),
             Expr::ResponseStatus => ("response.status", &[]),
             Expr::ResponseJson(p) => ("response.json", p),
             Expr::ResponseText => ("response.text", &[]),
@@ -149,6 +162,9 @@ pub struct ErrorVars<'a> {
 pub struct Ctx<'a> {
     pub message: Option<&'a Value>,
     pub connection_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub connection_info: Option<&'a Value>,
+    pub item: Option<&'a Value>,
     pub response: Option<&'a ResponseVars<'a>>,
     pub error: Option<&'a ErrorVars<'a>>,
 }
@@ -288,11 +304,22 @@ fn compile_str(s: &str, scope: Scope) -> Result<Template, TemplateError> {
             if inner.is_empty() {
                 return Err(TemplateError::Empty(s.to_owned()));
             }
+            rest = tail.get(1..).unwrap_or("");
+            if let Some(value) = env_expr(inner) {
+                // Read once, at load: a constant from here on.
+                match value {
+                    EnvValue::Text(t) => lit.push_str(&t),
+                    EnvValue::Json(v) if s.trim() == format!("${{{inner}}}") => {
+                        return Ok(Template::Const(v.to_string().into_boxed_str()));
+                    }
+                    EnvValue::Json(v) => lit.push_str(&v.to_string()),
+                }
+                continue;
+            }
             if !lit.is_empty() {
                 parts.push(Part::Lit(std::mem::take(&mut lit).into_boxed_str()));
             }
             parts.push(Part::Expr(parse_expr(inner, scope)?));
-            rest = tail.get(1..).unwrap_or("");
         } else {
             lit.push('$');
             rest = after.get(1..).unwrap_or("");
@@ -314,13 +341,46 @@ fn compile_str(s: &str, scope: Scope) -> Result<Template, TemplateError> {
     })
 }
 
+/// An environment expression's value, read now.
+enum EnvValue {
+    Text(String),
+    Json(Value),
+}
+
+/// `env.A|B:-default` or `env_json.A…`: the first variable set (and not empty), else the default.
+fn env_expr(src: &str) -> Option<EnvValue> {
+    let (json, rest) = if let Some(r) = src.strip_prefix("env_json.") {
+        (true, r)
+    } else {
+        (false, src.strip_prefix("env.")?)
+    };
+    let (names, default) = match rest.split_once(":-") {
+        Some((n, d)) => (n, d),
+        None => (rest, ""),
+    };
+    let found = names
+        .split('|')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| default.to_owned());
+    Some(match (json, serde_json::from_str::<Value>(&found)) {
+        (true, Ok(v)) => EnvValue::Json(v),
+        (true, Err(_)) => EnvValue::Json(Value::String(found)),
+        (false, _) => EnvValue::Text(found),
+    })
+}
+
 fn scope_names(scope: Scope) -> String {
     let mut names = Vec::new();
     if scope.has(Scope::MESSAGE) {
         names.push("message.*");
     }
     if scope.has(Scope::CONNECTION) {
-        names.push("connection.id");
+        names.push("connection.id, connection.user_id, connection.info");
+    }
+    if scope.has(Scope::ITEM) {
+        names.push("item.*");
     }
     if scope.has(Scope::RESPONSE) {
         names.push("response.*");
@@ -346,7 +406,10 @@ fn parse_expr(src: &str, scope: Scope) -> Result<Expr, TemplateError> {
     let (needed, expr) = match (root, rest.as_slice()) {
         ("message", _) => (Scope::MESSAGE, Expr::Message(path())),
         ("connection", ["id"]) => (Scope::CONNECTION, Expr::ConnectionId),
-        ("connection", _) => return Err(unknown("connection has only `id`")),
+        ("connection", ["user_id"]) => (Scope::CONNECTION, Expr::ConnectionUserId),
+        ("connection", ["info"]) => (Scope::CONNECTION, Expr::ConnectionInfo),
+        ("connection", _) => return Err(unknown("connection has id, user_id and info")),
+        ("item", _) => (Scope::ITEM, Expr::Item(path())),
         ("response", ["status"]) => (Scope::RESPONSE, Expr::ResponseStatus),
         ("response", ["json", tail @ ..]) => (
             Scope::RESPONSE,
@@ -368,7 +431,7 @@ fn parse_expr(src: &str, scope: Scope) -> Result<Expr, TemplateError> {
         ("error", _) => return Err(unknown("error has status, message, code, detail")),
         _ => {
             return Err(unknown(
-                "variables start with message, connection, response or error",
+                "variables start with message, connection, response, error, item, env or env_json",
             ));
         }
     };

@@ -146,6 +146,9 @@ fn resolve<'a>(e: &'a Expr, ctx: &Ctx<'a>) -> Val<'a> {
     match e {
         Expr::Message(p) => absent_if_none(ctx.message.and_then(|m| lookup(m, p)).map(Val::Json)),
         Expr::ConnectionId => absent_if_none(ctx.connection_id.map(Val::Str)),
+        Expr::ConnectionUserId => absent_if_none(ctx.user_id.map(Val::Str)),
+        Expr::ConnectionInfo => absent_if_none(ctx.connection_info.map(Val::Json)),
+        Expr::Item(p) => absent_if_none(ctx.item.and_then(|m| lookup(m, p)).map(Val::Json)),
         Expr::ResponseStatus => absent_if_none(ctx.response.map(|r| Val::Num(u64::from(r.status)))),
         Expr::ResponseJson(p) if p.is_empty() => {
             absent_if_none(ctx.response.map(|r| Val::Body(r.body)))

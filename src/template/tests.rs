@@ -257,13 +257,34 @@ fn constant_template_request_id_is_replaced_not_duplicated() {
 }
 
 #[test]
+fn env_expressions_are_read_at_load() {
+    let t = Template::compile(
+        &json!({
+            "a": "${env.SCOPE_ROUTER_TEST_UNSET|SCOPE_ROUTER_TEST_UNSET2:-fallback}",
+            "b": "x-${env.PATH}",
+            "n": "${env_json.SCOPE_ROUTER_TEST_UNSET:-7}",
+            "s": "${env_json.SCOPE_ROUTER_TEST_UNSET:-unknown}",
+        }),
+        all(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    t.render(&Ctx::default(), &mut out);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["a"], "fallback");
+    assert!(v["b"].as_str().unwrap().starts_with("x-/"), "{v}");
+    assert_eq!(v["n"], 7, "a JSON value stays JSON: {v}");
+    assert_eq!(v["s"], "unknown", "other text is a string: {v}");
+}
+
+#[test]
 fn load_time_errors() {
     let e = |v: Value, s: Scope| Template::compile(&v, s).unwrap_err().to_string();
     insta::assert_snapshot!(e(json!("${message.x"), all()), @r#"unterminated `${` in "${message.x""#);
     insta::assert_snapshot!(e(json!("${}"), all()), @r#"empty expression `${}` in "${}""#);
-    insta::assert_snapshot!(e(json!("${foo.bar}"), all()), @"unknown variable `${foo.bar}`: variables start with message, connection, response or error");
+    insta::assert_snapshot!(e(json!("${foo.bar}"), all()), @"unknown variable `${foo.bar}`: variables start with message, connection, response, error, item, env or env_json");
     insta::assert_snapshot!(e(json!("${response.nope}"), all()), @"unknown variable `${response.nope}`: response has status, json[.field…], text, base64, content_type, length");
-    insta::assert_snapshot!(e(json!("${response.status}"), Scope::MESSAGE.with(Scope::CONNECTION)), @"`${response.status}` is not available here (available: message.*, connection.id)");
+    insta::assert_snapshot!(e(json!("${response.status}"), Scope::MESSAGE.with(Scope::CONNECTION)), @"`${response.status}` is not available here (available: message.*, connection.id, connection.user_id, connection.info)");
     assert_eq!(
         Template::compile_reply(&json!("x"), all()).unwrap_err(),
         TemplateError::NotObject("a string")

@@ -73,6 +73,7 @@ mod assets;
 mod client;
 mod clock;
 mod control;
+mod daydream;
 mod fastapi;
 mod misc;
 mod peer;
@@ -133,6 +134,18 @@ pub struct Cli {
     /// Also offer a WebRTC host candidate on this address (127.0.0.1 is always offered).
     #[arg(long, default_value = "127.0.0.1")]
     pub webrtc_ip: std::net::IpAddr,
+    /// Users the fake Daydream API (`/daydream/v1/users/{id}`) knows, comma-separated.
+    #[arg(long, default_value = "user_123")]
+    pub daydream_users: String,
+    /// Repository URLs on the fake Daydream plugin allowlist (`/daydream/v1/plugins`).
+    #[arg(
+        long,
+        default_value = "https://github.com/daydreamlive/scope-plugin-a,https://github.com/daydreamlive/scope-plugin-b"
+    )]
+    pub daydream_plugins: String,
+    /// Plugins installed at start and marked `bundled` (kept by cleanup), comma-separated.
+    #[arg(long, default_value = "")]
+    pub bundled_plugins: String,
 }
 
 #[tokio::main]
@@ -253,12 +266,22 @@ async fn heartbeat(period: Duration) {
     loop {
         ticker.tick().await;
         n += 1;
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "INFO scope.server: heartbeat {n}");
+        // Scope's line format, so the router's logger filters see what they would in production.
+        clock::scope_log("scope.server.app", "INFO", &format!("heartbeat {n}"));
         if n.is_multiple_of(3) {
-            let _ = writeln!(err, "INFO kafka_publisher: published event {n}");
+            clock::scope_log(
+                "scope.server.kafka_publisher",
+                "INFO",
+                &format!("published event {n}"),
+            );
         }
-        let _ = err.flush();
+        if n.is_multiple_of(5) {
+            clock::scope_log(
+                "scope.server.kafka_publisher",
+                "WARNING",
+                &format!("broker slow at event {n}"),
+            );
+        }
     }
 }
 

@@ -30,6 +30,8 @@ const NO_MODELS: [&str; 4] = ["passthrough", "controller-viz", "gray", "optical-
 pub struct Plugin {
     pub name: String,
     pub package: String,
+    /// Shipped with the image (newer backends mark them; cleanup keeps them).
+    pub bundled: bool,
 }
 
 /// `app.py:health_check`: exactly five keys; `timestamp` is `datetime.now().isoformat()`.
@@ -176,7 +178,13 @@ pub async fn plugins_list(State(state): Shared) -> Response {
     let plugins = lock(&state.plugins);
     let list: Vec<Value> = plugins
         .iter()
-        .map(|p| plugin_info(&p.name, Some(&p.package)))
+        .map(|p| {
+            let mut info = plugin_info(&p.name, Some(&p.package));
+            if let Some(o) = info.as_object_mut() {
+                o.insert("bundled".to_owned(), Value::Bool(p.bundled));
+            }
+            info
+        })
         .collect();
     ok_json(&json!({ "plugins": list, "total": list.len(), "failed_plugins": [] }))
 }
@@ -199,6 +207,7 @@ pub async fn plugin_install(State(state): Shared, body: Bytes) -> ApiResult {
         plugins.push(Plugin {
             name: name.clone(),
             package: package.to_owned(),
+            bundled: false,
         });
     }
     let message = if editable {

@@ -267,6 +267,17 @@ pub fn build_router(state: Arc<AppState>) -> Router {
         .route("/api/v1/mock/stream", get(testing::mock_stream))
         .route("/api/v1/session/output.ts", get(testing::output_ts))
         .route("/api/v1/mock/env/{name}", get(testing::mock_env))
+        .route("/daydream/v1/users/{id}", get(crate::daydream::user))
+        .route("/daydream/v1/plugins", get(crate::daydream::plugins))
+        .route(
+            "/daydream/events",
+            get(crate::daydream::events_get).post(crate::daydream::event_post),
+        )
+        .route(
+            "/api/v1/internal/fal-connection-id",
+            axum::routing::put(crate::daydream::fal_connection_id)
+                .delete(crate::daydream::fal_connection_id),
+        )
         .route("/_mock/stats", get(control::control_stats))
         .route("/_mock/reset", post(control::control_reset))
         .route(

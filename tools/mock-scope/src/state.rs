@@ -40,6 +40,7 @@ pub struct AppState {
     pub pipelines: std::sync::Arc<Pipelines>,
     pub assets: crate::assets::Assets,
     pub plugins: Mutex<Vec<crate::misc::Plugin>>,
+    pub daydream: crate::daydream::Daydream,
     /// Pipelines whose models `POST /api/v1/models/download` is "downloading".
     pub downloads: Mutex<HashMap<String, f64>>,
     pub ice_servers: Bytes,
@@ -143,7 +144,19 @@ impl AppState {
             sessions: Mutex::new(Sessions::default()),
             pipelines: std::sync::Arc::new(Pipelines::new(cli.load_ms)),
             assets: crate::assets::Assets::new(assets_dir()),
-            plugins: Mutex::new(Vec::new()),
+            plugins: Mutex::new(
+                cli.bundled_plugins
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|name| crate::misc::Plugin {
+                        name: name.to_owned(),
+                        package: name.to_owned(),
+                        bundled: true,
+                    })
+                    .collect(),
+            ),
+            daydream: crate::daydream::Daydream::new(&cli.daydream_users, &cli.daydream_plugins),
             downloads: Mutex::new(HashMap::new()),
             ice_servers: ice_servers_body(),
             peers: PeerConfig::new(cli.webrtc_ip, cli.quiet),
