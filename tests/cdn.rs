@@ -220,3 +220,40 @@ async fn uploads_by_url_are_off_by_default() {
     assert!(v["error"].as_str().unwrap().contains("not enabled"), "{v}");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn redirects_are_followed_only_to_allowed_hosts_when_asked() {
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    let (canary, canary_hits) = tiny_server(b"canary".to_vec(), "image/png", String::new()).await;
+    // `/redirect` on the allowed host points at its own `/file`, and a second allowed-looking
+    // server points at the canary, which is not on the list.
+    let (cdn, _) = tiny_server(body.clone(), "video/mp4", "/file".to_owned()).await;
+    let (evil, _) = tiny_server(Vec::new(), "video/mp4", format!("http://{canary}/file")).await;
+    let routes = default_routes_with(&[(
+        "      base64_uploads: true\n",
+        &format!(
+            "      base64_uploads: true\n      cdn_uploads: {{ allow_hosts: [\"{cdn}\", \"{evil}\"], allow_http: true, max_bytes: 1048576, timeout: 5s, follow_redirects: 2 }}\n"
+        ),
+    )]);
+    let m = mock(&[]);
+    let r = router(&routes.path, &m.http(), &[]);
+    let mut ws = Ws::connect(&r.ws_url()).await;
+    let v = ws
+        .call("ok", upload(&format!("http://{cdn}/redirect")))
+        .await;
+    assert_eq!(
+        v["status"], 200,
+        "a relative redirect on an allowed host: {v}"
+    );
+    assert_eq!(v["data"]["sha256"], sha256_hex(&body), "{v}");
+    let v = ws
+        .call("no", upload(&format!("http://{evil}/redirect")))
+        .await;
+    assert_eq!(v["status"], 403, "{v}");
+    assert!(error_text(&v).contains("redirect refused"), "{v}");
+    assert_eq!(
+        canary_hits.load(Ordering::SeqCst),
+        0,
+        "a redirect took the router to a host not on the list"
+    );
+}

@@ -313,7 +313,7 @@ async fn disconnect_without_sessions_deletes_nothing() {
     let mut other = Ws::connect(&r.ws_url()).await;
     other.assert_open().await;
     r.wait_for_line("disconnected").await;
-    assert!(mock_recent(&m, "DELETE", "/").await.is_empty());
+    assert!(mock_recent(&m, "DELETE", "/api/v1/webrtc").await.is_empty());
 }
 
 fn entries(dir: &std::path::Path) -> Vec<String> {

@@ -90,9 +90,11 @@ async fn api_post_json_body_then_status_shows_loaded() {
     assert!(v["data"]["message"].is_string(), "{v}");
     let sent = mock_recent(&m, "POST", "/api/v1/pipeline/load").await;
     assert_eq!(sent[0]["content_type"], "application/json");
-    // The routes add the connection id to pipeline loads.
+    // The routes add the connection id and the deployment's info (its variables unset here:
+    // `unknown`) to pipeline loads; no user id was given.
     let mut want = body.clone();
     want["connection_id"] = json!(ws.connection_id);
+    want["connection_info"] = json!({"gpu_type": "unknown", "fal_region": "unknown", "fal_runner_id": "unknown", "fal_log_labels": "unknown"});
     assert_eq!(sent[0]["body_json"], want);
 
     // Loading runs in the background, as on the real server: wait until the backend says

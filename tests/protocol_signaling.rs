@@ -60,12 +60,14 @@ async fn offer_relays_sdp_and_answers_with_session() {
     );
     let sid = a["sessionId"].as_str().expect("sessionId").to_owned();
 
-    // The backend got {sdp, type: "offer" (the default), initialParameters, connection_id}.
+    // The backend got {sdp, type: "offer" (the default), initialParameters, connection_id,
+    // connection_info} (no user id was given).
     let recent = mock_recent(&m, "POST", "/api/v1/webrtc/offer").await;
     assert_eq!(recent.len(), 1);
     assert_eq!(
         recent[0]["body_json"],
-        json!({"sdp": SDP_OFFER, "type": "offer", "initialParameters": params, "connection_id": ws.connection_id})
+        json!({"sdp": SDP_OFFER, "type": "offer", "initialParameters": params, "connection_id": ws.connection_id,
+               "connection_info": json!({"gpu_type": "unknown", "fal_region": "unknown", "fal_runner_id": "unknown", "fal_log_labels": "unknown"})})
     );
     let sessions = mock_sessions(&m).await;
     assert_eq!(sessions.len(), 1);

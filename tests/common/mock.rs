@@ -10,9 +10,21 @@ pub async fn mock_stats(m: &Proc) -> Value {
     get_json(&format!("{}/_mock/stats", m.http())).await.1
 }
 
-/// Requests the mock has counted so far (health probes and `/_mock/*` excluded).
+/// Requests the client's messages caused so far: every request the mock counted (health
+/// probes and `/_mock/*` are not), less the connection hooks of the default routes (the
+/// `PUT` after `ready` and the `DELETE` on disconnect of `/api/v1/internal/fal-connection-id`),
+/// which every connection makes whatever it sends.
 pub async fn mock_total(m: &Proc) -> u64 {
-    mock_stats(m).await["total"].as_u64().expect("stats.total")
+    let stats = mock_stats(m).await;
+    let hooks: u64 = ["PUT", "DELETE"]
+        .iter()
+        .map(|method| {
+            stats["by_route"][format!("{method} /api/v1/internal/fal-connection-id")]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    stats["total"].as_u64().expect("stats.total") - hooks
 }
 
 /// The recorded requests (`/_mock/stats` `recent`) matching method and path prefix.
