@@ -48,6 +48,19 @@ fn fal_stack(mock_args: &[&str], replacements: &[(&str, &str)]) -> (Proc, Proc, 
     (m, r, routes)
 }
 
+/// The fal routes in front of a fresh mock, with the Daydream API unreachable.
+fn fal_stack_without_api() -> (Proc, Proc, TempRoutes) {
+    let m = mock(&[]);
+    let routes = fal_routes(&[]);
+    let r = router_with(
+        &routes.path,
+        &m.http(),
+        &[],
+        &[("DAYDREAM_API_BASE", dead_backend_url().as_str())],
+    );
+    (m, r, routes)
+}
+
 fn set_user(user: &str) -> Value {
     json!({"type": "set_user_id", "user_id": user})
 }
@@ -102,14 +115,7 @@ async fn an_unknown_user_or_an_unreachable_api_is_access_denied_and_4003() {
             .is_empty()
     );
 
-    let m3 = mock(&[]);
-    let routes = fal_routes(&[]);
-    let r3 = router_with(
-        &routes.path,
-        &m3.http(),
-        &[],
-        &[("DAYDREAM_API_BASE", dead_backend_url().as_str())],
-    );
+    let (_m3, r3, _t3) = fal_stack_without_api();
     let mut ws = Ws::connect(&r3.ws_url()).await;
     let v = ws.call("u", set_user("user_123")).await;
     assert_eq!(v["code"], "ACCESS_DENIED", "{v}");
@@ -231,14 +237,7 @@ async fn plugin_installs_follow_the_daydream_allowlist() {
         "only the allowed install reached the backend"
     );
 
-    let m2 = mock(&[]);
-    let routes = fal_routes(&[]);
-    let r2 = router_with(
-        &routes.path,
-        &m2.http(),
-        &[],
-        &[("DAYDREAM_API_BASE", dead_backend_url().as_str())],
-    );
+    let (_m2, r2, _t2) = fal_stack_without_api();
     let mut ws = Ws::connect(&r2.ws_url()).await;
     let v = ws
         .call(

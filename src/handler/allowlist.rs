@@ -58,14 +58,12 @@ pub fn normalize(url: &str) -> String {
 }
 
 impl RequestGuard {
+    /// The guard of `method` and `path` (its `request`, parsed by the route's compiler).
     pub fn compile(
+        method: Method,
+        path: GlobMatcher,
         cfg: &GuardConfig,
-        matcher: impl Fn(&str) -> Result<GlobMatcher, String>,
     ) -> Result<RequestGuard, String> {
-        let (m, p) = cfg
-            .request
-            .split_once(' ')
-            .ok_or_else(|| format!("guards: {:?} must be \"METHOD /path-glob\"", cfg.request))?;
         let a = &cfg.allowlist;
         // The URL is read once, at load (`${env.*}`); it must then be absolute.
         let url = Template::compile(&Value::from(a.url.as_str()), Scope::CONNECTION)
@@ -80,8 +78,8 @@ impl RequestGuard {
             ));
         }
         Ok(RequestGuard {
-            method: crate::route::method(m)?,
-            path: matcher(p.trim())?,
+            method,
+            path,
             list: Allowlist {
                 url,
                 items: a.items.clone(),

@@ -386,7 +386,11 @@ fn forward_spec(
     let guards = cfg
         .guards
         .iter()
-        .map(|g| crate::handler::allowlist::RequestGuard::compile(g, matcher))
+        .map(|g| {
+            let mut rule = request_rules("guards.request", std::slice::from_ref(&g.request))?;
+            let (method, path) = rule.pop().ok_or("guards.request is empty")?;
+            crate::handler::allowlist::RequestGuard::compile(method, path, g)
+        })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(ForwardSpec {
         route: name.clone(),
