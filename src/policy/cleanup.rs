@@ -17,7 +17,11 @@ pub enum Step {
     /// Empty a directory; `None` when its variable was not set at load.
     ClearDir { spec: String, dir: Option<PathBuf> },
     /// Call the backend; `${connection.id}` in the path is the connection id.
-    Http { method: Method, path: String },
+    Http {
+        method: Method,
+        path: String,
+        timeout: Duration,
+    },
 }
 
 impl Step {
@@ -47,6 +51,7 @@ impl Step {
             DisconnectStep::Http(h) => Step::Http {
                 method: crate::route::method(&h.method)?,
                 path: h.path.clone(),
+                timeout: h.timeout.map_or(Duration::from_secs(10), |d| d.0),
             },
         })
     }
@@ -86,12 +91,19 @@ pub async fn run(steps: &[Step], upstream: &Upstream, conn: &ConnHandle, last: b
                     Err(e) => tracing::warn!(dir = %shown, error = %e, "clear task failed"),
                 }
             }
-            Step::Http { method, path } => {
+            Step::Http {
+                method,
+                path,
+                timeout,
+            } => {
                 let path = path.replace("${connection.id}", &conn.id);
-                match upstream
-                    .call(method.clone(), &path, None, Duration::from_secs(10))
-                    .await
-                {
+                match upstream.call(method.clone(), &path, None, *timeout).await {
+                    Ok(r) if !r.status.is_success() => {
+                        tracing::warn!(%path, status = r.status.as_u16(), "disconnect hook answered an error")
+                    }
+                    Ok(r) if says_not_ok(&r.body) => {
+                        tracing::warn!(%path, status = r.status.as_u16(), "disconnect hook answered ok: false")
+                    }
                     Ok(r) => {
                         tracing::info!(%path, status = r.status.as_u16(), "disconnect hook called")
                     }
@@ -100,6 +112,16 @@ pub async fn run(steps: &[Step], upstream: &Upstream, conn: &ConnHandle, last: b
             }
         }
     }
+}
+
+/// Whether a hook's answer is a JSON object with `ok: false` (the runner's cleanup says so
+/// when something could not be removed).
+fn says_not_ok(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        ok: Option<bool>,
+    }
+    matches!(serde_json::from_slice::<Answer>(body), Ok(Answer { ok: Some(false) }))
 }
 
 /// `$NAME` is looked up in the backend's declared env, then the router's environment.
@@ -170,6 +192,14 @@ mod tests {
         assert!(outside.path().join("keep.txt").exists());
         assert!(clear_dir(Path::new("/")).is_err());
         assert_eq!(clear_dir(&d.path().join("missing")).unwrap(), 0);
+    }
+
+    #[test]
+    fn ok_false_is_noticed() {
+        assert!(says_not_ok(br#"{"ok":false,"plugins":[],"assets":0}"#));
+        assert!(!says_not_ok(br#"{"ok":true}"#));
+        assert!(!says_not_ok(b"not json"));
+        assert!(!says_not_ok(b"[false]"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod admission;
 mod io;
+pub mod upgrade_meta;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ pub struct Upgrade {
     /// The connection's place among the handshakes in progress, given up once the token
     /// has been checked.
     pub handshake: Option<admission::HandshakePermit>,
+    /// The `manifest-id` and `daydream-user-id` headers (a Livepeer orchestrator's), for log fields.
+    pub meta: upgrade_meta::UpgradeMeta,
 }
 
 /// Why a connection ended, for the disconnect log line.
@@ -57,6 +60,8 @@ enum EndReason {
     KeepaliveTimeout,
     Shutdown,
     SendFailed,
+    /// The tunnel's upstream closed on purpose, or could not be kept.
+    TunnelClosed,
 }
 
 /// Serves one connection until it ends, then runs the disconnect steps.
@@ -72,7 +77,8 @@ pub async fn serve<S>(
         + Unpin
         + Send,
 {
-    let span = tracing::info_span!("conn", id = %conn.id);
+    let span = tracing::info_span!("conn", id = %conn.id, manifest_id = tracing::field::Empty, user_id = tracing::field::Empty);
+    upgrade.meta.record(&span);
     shared.slots.opened();
     run(socket, &shared, conn, upgrade, shutdown)
         .instrument(span)
@@ -103,7 +109,9 @@ async fn run<S>(
     // Auth first: a connection takes a slot only once it is let in, so clients that are
     // still being checked (a slow authorizer) cannot lock real users out. Their number is
     // bounded by the handshake cap instead.
-    let Upgrade { token, handshake } = upgrade;
+    let Upgrade {
+        token, handshake, ..
+    } = upgrade;
     let checked = tokio::select! {
         r = crate::policy::auth::authorize(&policy.auth, token.as_deref(), &conn.id, snap.upstream.pool()) => r,
         // A stopping router does not wait on a slow authorizer.
@@ -137,7 +145,7 @@ async fn run<S>(
     // The next user's `ready` waits until the previous user's cleanup is done (their files are gone).
     shared
         .slots
-        .wait_for_cleanups(Duration::from_secs(120))
+        .wait_for_cleanups(policy.cleanup_hold_limit())
         .await;
 
     let (mut bytes_in, mut bytes_out, mut messages) = (0u64, 0u64, 0u64);
@@ -145,11 +153,18 @@ async fn run<S>(
     open_gauge.increment(1.0);
     tracing::info!(table = %snap.meta.version, "connected");
 
-    let ready = policy.connect_message(&conn.id);
     let log_batch = policy.logs.batch;
     let mut logs = policy.logs.enabled.then(|| shared.logs.subscribe());
-    bytes_out += ready.len() as u64;
-    let mut ok = send_text(&mut tx, ready, write_timeout).await;
+    let mut ok = true;
+    if let Some(ready) = policy.connect_message(&conn.id) {
+        bytes_out += ready.len() as u64;
+        ok = send_text(&mut tx, ready, write_timeout).await;
+    }
+    // Frames no named route takes go through the tunnel, when `$default` is one.
+    let mut tunnel = snap
+        .table
+        .tunnel()
+        .map(|spec| crate::handler::tunnel::Link::open(spec.clone(), policy.max_message_bytes));
 
     let (push_tx, mut push_rx) = tokio::sync::mpsc::channel::<Outbound>(16);
     conn.set_push(push_tx);
@@ -198,7 +213,19 @@ async fn run<S>(
                 };
                 ok = send(&mut tx, msg, write_timeout).await;
             }
-            frame = rx.next() => {
+            ev = crate::handler::tunnel::next(&mut tunnel), if tunnel.is_some() => match ev {
+                crate::handler::tunnel::Event::Frame(msg) => {
+                    bytes_out += frame_len(&msg);
+                    ok = send(&mut tx, msg, write_timeout).await;
+                }
+                crate::handler::tunnel::Event::Close(code, reason) => {
+                    close(&mut tx, code, &reason).await;
+                    break EndReason::TunnelClosed;
+                }
+                crate::handler::tunnel::Event::Resumed => {}
+            },
+            // A tunnel frame waiting for room holds the client's reads (backpressure).
+            frame = rx.next(), if !tunnel.as_ref().is_some_and(|t| t.blocked()) => {
                 last_heard = Instant::now();
                 // Only a client's messages count as activity: a browser answers pings by
                 // itself, so an abandoned tab would otherwise never be idle.
@@ -210,6 +237,25 @@ async fn run<S>(
                     && bucket.as_mut().is_some_and(|b| !b.take());
                 let reply: Option<Reply> = match frame {
                     None => break EndReason::ClientGone,
+                    Some(Ok(Message::Text(text))) if !limited && tunnel.is_some() && {
+                        let table = &shared.snapshot.load().table;
+                        crate::handler::tunnel::tunnels_text(&text, &table.key, |t| table.has_named_route(t))
+                    } => {
+                        bytes_in += text.len() as u64;
+                        messages += 1;
+                        if let Some(t) = tunnel.as_mut() {
+                            t.offer_text(text);
+                        }
+                        None
+                    }
+                    Some(Ok(Message::Binary(b))) if !limited && tunnel.is_some() => {
+                        bytes_in += b.len() as u64;
+                        messages += 1;
+                        if let Some(t) = tunnel.as_mut() {
+                            t.offer_binary(b);
+                        }
+                        None
+                    }
                     Some(Ok(Message::Text(text))) => {
                         bytes_in += text.len() as u64;
                         messages += 1;
@@ -304,6 +350,10 @@ async fn run<S>(
         }
     };
 
+    // The runner sees its socket close before any cleanup step runs.
+    if let Some(t) = tunnel.take() {
+        t.close().await;
+    }
     let hold = shared.slots.leave(slot);
     // Nothing reads pushes any more: a download in progress stops here.
     drop(push_rx);
@@ -370,6 +420,15 @@ async fn run<S>(
         bytes_out,
         "disconnected"
     );
+}
+
+/// Payload bytes of a frame, for the byte counts.
+fn frame_len(m: &Message) -> u64 {
+    match m {
+        Message::Text(t) => t.len() as u64,
+        Message::Binary(b) => b.len() as u64,
+        _ => 0,
+    }
 }
 
 /// Sleeps for `d`, or forever when there is no limit.
