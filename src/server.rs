@@ -84,9 +84,11 @@ async fn ws(
         let snap = state.sessions.snapshot.load();
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        let admission = snap.policy.admission.clone().map(|a| {
-            (a, snap.upstream.clone(), snap.policy.max_connections)
-        });
+        let admission = snap
+            .policy
+            .admission
+            .clone()
+            .map(|a| (a, snap.upstream.clone(), snap.policy.max_connections));
         (
             snap.policy.max_message_bytes,
             snap.policy.origin_allowed(origin, host),

@@ -455,8 +455,14 @@ mod tests {
 
     #[test]
     fn the_allowlist_passes_names_and_prefixes_only() {
-        let vars = [("PATH", "/bin"), ("HF_TOKEN", "t"), ("KAFKA_URL", "k"), ("SECRET", "s"), ("KAFKA", "x")]
-            .map(|(k, v)| (k.into(), v.into()));
+        let vars = [
+            ("PATH", "/bin"),
+            ("HF_TOKEN", "t"),
+            ("KAFKA_URL", "k"),
+            ("SECRET", "s"),
+            ("KAFKA", "x"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
         let allow = ["PATH", "HF_TOKEN", "KAFKA_*"].map(str::to_owned);
         let mut kept: Vec<String> = allowed_env(vars.into_iter(), &allow)
             .into_iter()

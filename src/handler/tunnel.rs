@@ -85,7 +85,8 @@ impl TunnelSpec {
 
     /// The metric handles, made on first use (after the recorder is installed).
     fn counters(&self) -> &Counters {
-        self.counters.get_or_init(|| Counters::new(&self.frame_types))
+        self.counters
+            .get_or_init(|| Counters::new(&self.frame_types))
     }
 
     /// Counts a frame going to the runner (`up`) or to the client.
@@ -219,7 +220,10 @@ fn type_field<'a>(text: &'a str, key: &str) -> Option<Cow<'a, str>> {
             }
             Ok(found)
         }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut s: A,
+        ) -> Result<Self::Value, A::Error> {
             while s.next_element::<IgnoredAny>()?.is_some() {}
             Ok(None)
         }
@@ -353,8 +357,7 @@ impl Link {
         let (to_up, up_rx) = mpsc::channel(spec.queue);
         let (ev_tx, events) = mpsc::channel(spec.queue);
         let task = tokio::spawn(
-            upstream(spec.clone(), max_message_bytes, up_rx, ev_tx)
-                .instrument_in_current_span(),
+            upstream(spec.clone(), max_message_bytes, up_rx, ev_tx).instrument_in_current_span(),
         );
         Link {
             to_up,
@@ -551,9 +554,7 @@ async fn upstream(
                 failures.len(),
                 spec.failure_window.as_secs()
             );
-            let _ = events
-                .send(Event::Close(CLOSE_UPSTREAM_LOST, reason))
-                .await;
+            let _ = events.send(Event::Close(CLOSE_UPSTREAM_LOST, reason)).await;
             break;
         }
         tracing::info!(
@@ -709,7 +710,10 @@ mod tests {
             type_field(r#"{"type":"p\u0069ng"}"#, "type").as_deref(),
             Some("ping")
         );
-        assert_eq!(type_field(r#"{"manifest_id":"m","params":{}}"#, "type"), None);
+        assert_eq!(
+            type_field(r#"{"manifest_id":"m","params":{}}"#, "type"),
+            None
+        );
         assert_eq!(type_field(r#"{"type":7}"#, "type"), None);
         assert_eq!(type_field(r#"{"type":{"a":1}}"#, "type"), None);
         assert_eq!(type_field(r#"["type","ping"]"#, "type"), None);

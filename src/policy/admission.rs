@@ -26,10 +26,7 @@ const MAX_STATUS_BYTES: usize = 64 * 1024;
 impl Admission {
     pub fn compile(cfg: &AdmissionConfig) -> Result<Admission, String> {
         if !cfg.path.starts_with('/') {
-            return Err(format!(
-                "admission.path {:?} must start with '/'",
-                cfg.path
-            ));
+            return Err(format!("admission.path {:?} must start with '/'", cfg.path));
         }
         Ok(Admission {
             method: crate::route::method(&cfg.method)?,
@@ -135,8 +132,10 @@ mod tests {
         };
         let a = Admission::compile(&cfg).unwrap();
         assert!(
-            a.matches(&json!({"listener_ready": true, "connection_active": false, "connection_count": 0}))
-                .is_ok()
+            a.matches(
+                &json!({"listener_ready": true, "connection_active": false, "connection_count": 0})
+            )
+            .is_ok()
         );
         let err = a
             .matches(&json!({"listener_ready": true, "connection_active": true}))

@@ -121,7 +121,10 @@ fn says_not_ok(body: &[u8]) -> bool {
     struct Answer {
         ok: Option<bool>,
     }
-    matches!(serde_json::from_slice::<Answer>(body), Ok(Answer { ok: Some(false) }))
+    matches!(
+        serde_json::from_slice::<Answer>(body),
+        Ok(Answer { ok: Some(false) })
+    )
 }
 
 /// `$NAME` is looked up in the backend's declared env, then the router's environment.

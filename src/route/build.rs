@@ -138,9 +138,7 @@ fn build_route(
         ),
         // Frames reach a tunnel from the session loop; the stack is there for completeness.
         HandlerConfig::Tunnel(_) => (
-            BoxCloneSyncService::new(HandlerService::new(
-                crate::handler::tunnel::TunnelHandler,
-            )),
+            BoxCloneSyncService::new(HandlerService::new(crate::handler::tunnel::TunnelHandler)),
             None,
         ),
         HandlerConfig::Transfer(t) => {

@@ -108,7 +108,10 @@ impl RouteTable {
     }
 
     /// The table with its `$default` tunnel.
-    pub(crate) fn with_tunnel(mut self, tunnel: Option<Arc<crate::handler::tunnel::TunnelSpec>>) -> Self {
+    pub(crate) fn with_tunnel(
+        mut self,
+        tunnel: Option<Arc<crate::handler::tunnel::TunnelSpec>>,
+    ) -> Self {
         self.tunnel = tunnel;
         self
     }

@@ -25,10 +25,10 @@ impl UpgradeMeta {
     /// Puts the values into the connection span's `manifest_id` and `user_id` fields.
     pub fn record(&self, span: &tracing::Span) {
         if let Some(m) = &self.manifest_id {
-            span.record("manifest_id", m.as_str());
+            span.record("manifest_id", tracing::field::display(m));
         }
         if let Some(u) = &self.user_id {
-            span.record("user_id", u.as_str());
+            span.record("user_id", tracing::field::display(u));
         }
     }
 }
@@ -67,7 +67,13 @@ mod tests {
         assert_eq!(m.manifest_id.as_deref(), Some("m-1"));
         assert_eq!(m.user_id.as_deref(), Some("u??x"));
         h.insert("manifest-id", "a".repeat(1000).parse().unwrap());
-        assert_eq!(UpgradeMeta::from_headers(&h).manifest_id.map(|s| s.len()), Some(MAX_LEN));
-        assert_eq!(UpgradeMeta::from_headers(&HeaderMap::new()), UpgradeMeta::default());
+        assert_eq!(
+            UpgradeMeta::from_headers(&h).manifest_id.map(|s| s.len()),
+            Some(MAX_LEN)
+        );
+        assert_eq!(
+            UpgradeMeta::from_headers(&HeaderMap::new()),
+            UpgradeMeta::default()
+        );
     }
 }
