@@ -93,7 +93,7 @@ impl Admission {
         for (key, want) in &self.expect {
             let got = body.get(key);
             if got != Some(want) {
-                let shown = got.map_or_else(|| "missing".to_owned(), |v| short(v));
+                let shown = got.map_or_else(|| "missing".to_owned(), short);
                 return Err(format!("{} says {key}: {shown}", self.path));
             }
         }
