@@ -504,3 +504,42 @@ async fn a_killed_runner_is_restarted_and_the_next_client_admitted() {
     .await;
     handshake(&mut next, &runner).await;
 }
+
+/// The shipped profile, with only the runner's command and port swapped for mock-runner's,
+/// serves a whole session; the default routes.yaml stays the relay.
+#[tokio::test]
+async fn the_shipped_livepeer_profile_fronts_the_runner() {
+    let text = std::fs::read_to_string(repo().join("examples/livepeer/routes.yaml")).unwrap();
+    let port = free_port().to_string();
+    let cmd =
+        serde_json::to_string(&[RUNNER.as_str(), "--host", "127.0.0.1", "--port", &port]).unwrap();
+    let command_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("command:"))
+        .unwrap();
+    let text = text
+        .replacen(command_line, &format!("  command: {cmd}"), 1)
+        .replace("127.0.0.1:8001", &format!("127.0.0.1:{port}"));
+    let routes = TempRoutes::new(&text);
+    let router = router_supervising(&routes.path, &[]);
+    wait_backend_ready(&router).await;
+    let runner = Proc {
+        child: std::process::Command::new("true").spawn().unwrap(),
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        lines: Default::default(),
+        tmp: None,
+    };
+    let mut s = connect(&router).await;
+    handshake(&mut s, &runner).await;
+    s.close(None).await.unwrap();
+    eventually("the runner was cleaned", async || {
+        (runner_stats(&runner).await["cleanups_done"] == 1).then_some(())
+    })
+    .await;
+
+    let relay = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
+    assert!(
+        !relay.contains("tunnel:"),
+        "the default routes stay the relay"
+    );
+}
