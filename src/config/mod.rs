@@ -355,7 +355,7 @@ mod tests {
             "    reply: { type: pong }",
             "    reply: { type: pong }\n    replyy: 1",
         );
-        insta::assert_snapshot!(err(&text), @"routes.yaml:7:5: unknown field `replyy`, expected one of schema, reply_schemas, reply, forward, signaling, transfer");
+        insta::assert_snapshot!(err(&text), @"routes.yaml:7:5: unknown field `replyy`, expected one of schema, reply_schemas, reply, forward, signaling, transfer, tunnel");
     }
 
     #[test]

@@ -493,8 +493,15 @@ async fn upstream(
     mut to_up: mpsc::Receiver<UpMessage>,
     events: mpsc::Sender<Event>,
 ) {
-    let open = metrics::gauge!("scope_router_tunnels_open");
-    open.increment(1.0);
+    /// Counts the task in `scope_router_tunnels_open` for as long as it lives, aborted or not.
+    struct Open(metrics::Gauge);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+        }
+    }
+    let open = Open(metrics::gauge!("scope_router_tunnels_open"));
+    open.0.increment(1.0);
     let mut failures: VecDeque<Instant> = VecDeque::new();
     // A frame taken from the queue whose send failed: it goes first on the next socket.
     let mut carry: Option<UpMessage> = None;
@@ -568,7 +575,7 @@ async fn upstream(
             () = events.closed() => break,
         }
     }
-    open.decrement(1.0);
+    drop(open);
 }
 
 /// Relays over one open upstream socket until it ends or the client leaves.

@@ -117,13 +117,9 @@ pub async fn run(steps: &[Step], upstream: &Upstream, conn: &ConnHandle, last: b
 /// Whether a hook's answer is a JSON object with `ok: false` (the runner's cleanup says so
 /// when something could not be removed).
 fn says_not_ok(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        ok: Option<bool>,
-    }
     matches!(
-        serde_json::from_slice::<Answer>(body),
-        Ok(Answer { ok: Some(false) })
+        serde_json::from_slice::<serde_json::Value>(body),
+        Ok(serde_json::Value::Object(m)) if m.get("ok") == Some(&serde_json::Value::Bool(false))
     )
 }
 

@@ -328,7 +328,9 @@ async fn run<S>(
                 }
             }
             _ = tick(&mut keepalive), if keepalive.is_some() => {
-                if last_heard.elapsed() > keepalive_grace {
+                // A client whose reads are held by a full tunnel queue cannot have its pongs
+                // read either: that is backpressure, not a dead peer.
+                if last_heard.elapsed() > keepalive_grace && !tunnel.as_ref().is_some_and(|t| t.blocked()) {
                     close(&mut tx, CLOSE_GOING_AWAY, "keepalive timeout: no pong").await;
                     break EndReason::KeepaliveTimeout;
                 }

@@ -77,7 +77,9 @@ async fn bench(a: &Args) -> Result<serde_json::Value, String> {
         return Err(format!("first frame is not ready: {ready}"));
     }
     let job = r#"{"manifest_id":"bench","control_url":"http://o.invalid/c","events_url":"http://o.invalid/e","params":{"daydream_user_id":"bench"}}"#;
-    ws.send(Message::text(job)).await.map_err(|e| e.to_string())?;
+    ws.send(Message::text(job))
+        .await
+        .map_err(|e| e.to_string())?;
     for _ in 0..3 {
         next_text(&mut ws).await?;
     }
@@ -92,7 +94,9 @@ async fn bench(a: &Args) -> Result<serde_json::Value, String> {
         }
         n += 1;
         let ping = format!(r#"{{"type":"ping","request_id":{n},"timestamp":{n}}}"#);
-        ws.send(Message::text(ping)).await.map_err(|e| e.to_string())?;
+        ws.send(Message::text(ping))
+            .await
+            .map_err(|e| e.to_string())?;
         let pong = next_text(&mut ws).await?;
         if !pong.contains(r#""pong""#) {
             return Err(format!("expected a pong, got {pong}"));
