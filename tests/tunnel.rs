@@ -521,8 +521,20 @@ async fn the_shipped_livepeer_profile_fronts_the_runner() {
         .replacen(command_line, &format!("  command: {cmd}"), 1)
         .replace("127.0.0.1:8001", &format!("127.0.0.1:{port}"));
     let routes = TempRoutes::new(&text);
-    let router = router_supervising(&routes.path, &[]);
+    let router = router_supervising(
+        &routes.path,
+        &[
+            ("HF_TOKEN", "hf-test"),
+            ("SCOPE_ROUTER_TEST_SECRET", "kept out"),
+        ],
+    );
     wait_backend_ready(&router).await;
+    // The runner's environment: the allowlist and `env`, nothing else of the router's.
+    let (_, env) = get_json(&format!("http://127.0.0.1:{port}/_mock/env")).await;
+    assert_eq!(env["HF_TOKEN"], "hf-test", "{env}");
+    assert_eq!(env["PYTHONUNBUFFERED"], "1", "{env}");
+    assert!(env.get("SCOPE_ROUTER_TEST_SECRET").is_none(), "{env}");
+    assert!(env.get("RUST_LOG").is_none(), "{env}");
     let runner = Proc {
         child: std::process::Command::new("true").spawn().unwrap(),
         addr: format!("127.0.0.1:{port}").parse().unwrap(),

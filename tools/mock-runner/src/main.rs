@@ -121,6 +121,7 @@ async fn main() {
         .route("/_mock/flood", post(flood))
         .route("/_mock/release_cleanup", post(release_cleanup))
         .route("/_mock/stats", get(stats))
+        .route("/_mock/env", get(env))
         .with_state(runner);
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -248,6 +249,14 @@ async fn stats(State(r): State<Arc<Runner>>) -> impl IntoResponse {
         "responses": *r.responses.lock().await,
         "job_infos": *r.job_infos.lock().await,
     }))
+}
+
+/// This process's environment, for checking what a supervisor passed on.
+async fn env() -> impl IntoResponse {
+    let vars: serde_json::Map<String, Value> = std::env::vars()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    axum::Json(Value::Object(vars))
 }
 
 /// Counts a socket as active for as long as it lives.
