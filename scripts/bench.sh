@@ -14,7 +14,8 @@
 # Knobs (environment): BENCH_REPEATS (3), BENCH_DURATION (5s), BENCH_WARMUP (1s),
 # BENCH_IDLE_CONNS (10000), BENCH_LOADGEN_THREADS (1), BENCH_ROWS (all rows, e.g.
 # "api-50 mix-50"), BENCH_PIN_SINGLE (1: run the 1-connection rows with every
-# process on CPU 0; see "Pinning" below), BENCH_NO_BUILD (1: skip cargo build).
+# process on CPU 0; see "Pinning" below), BENCH_NO_BUILD (1: skip cargo build),
+# BENCH_TUNNEL (1: add the tunnel row, ping/pong through the tunnel against mock-runner).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -181,3 +182,41 @@ done
 "$BIN/loadgen" report --raw "$OUT/raw.jsonl" \
     --note "Load average before the run: $LOAD_BEFORE (1, 5, 15 min). Backend: mock-scope --quiet (release). Load generator: $THREADS thread(s). 1-connection rows: $([ "$CAN_PIN" = 1 ] && echo "all processes on CPU 0 (taskset)" || echo "not pinned"); other rows not pinned." \
     | tee "$OUT/results.md"
+
+# The tunnel row: one Livepeer orchestrator's ping/pong loop (tunnel-bench) straight to
+# mock-runner's /ws ("direct") and through the router's tunnel (the Livepeer profile with
+# this runner's address), in the same run, medians of the repeats.
+if [ "${BENCH_TUNNEL:-1}" = 1 ]; then
+    start runner "$BIN/mock-runner" --listen 127.0.0.1:0
+    tunnel_routes="$OUT/tunnel-routes.yaml"
+    sed -e "s|127.0.0.1:8001|$runner_ADDR|g" -e '/^  command:/d' -e '/^  env_allowlist:/,/FAL_RUNNER_ID\]/d' \
+        examples/livepeer/routes.yaml >"$tunnel_routes"
+    RUST_LOG=warn start tunnel_router "$BIN/scope-router" --routes "$tunnel_routes" \
+        --listen 127.0.0.1:0 --no-supervise --no-watch
+    wait_ready "$tunnel_router_ADDR"
+    : >"$OUT/tunnel.jsonl"
+    for rep in $(seq 1 "$REPEATS"); do
+        echo "bench: repeat $rep/$REPEATS: tunnel" >&2
+        "$BIN/tunnel-bench" --url "ws://$runner_ADDR/ws" --duration "$DURATION" --warmup "$WARMUP" \
+            --label direct >>"$OUT/tunnel.jsonl"
+        "$BIN/tunnel-bench" --url "ws://$tunnel_router_ADDR/ws" --duration "$DURATION" --warmup "$WARMUP" \
+            --label router >>"$OUT/tunnel.jsonl"
+    done
+    # median LABEL FIELD: the median of one field over the repeats.
+    median() {
+        grep "\"label\":\"$1\"" "$OUT/tunnel.jsonl" | sed -E "s/.*\"$2\":([0-9.]+).*/\1/" | sort -n |
+            awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    }
+    d_t="$(median direct throughput)" r_t="$(median router throughput)"
+    d_50="$(median direct p50_us)" r_50="$(median router p50_us)"
+    d_99="$(median direct p99_us)" r_99="$(median router p99_us)"
+    {
+        echo
+        echo "Tunnel (Livepeer profile; ping/pong in a closed loop, 1 orchestrator; direct: the same client straight to mock-runner's /ws; medians of $REPEATS repeats; latencies in µs):"
+        echo
+        echo "| workload | direct frames/s | tunnel frames/s | tunnel/direct | direct p50 / p99 | tunnel p50 / p99 | added p50 |"
+        echo "|---|--:|--:|--:|--:|--:|--:|"
+        awk -v dt="$d_t" -v rt="$r_t" -v d50="$d_50" -v r50="$r_50" -v d99="$d_99" -v r99="$r_99" 'BEGIN {
+            printf "| tunnel `ping` → `pong` | %d | %d | %.2f | %s / %s | %s / %s | %.1f |\n", dt, rt, rt / dt, d50, d99, r50, r99, r50 - d50 }'
+    } | tee -a "$OUT/results.md"
+fi

@@ -80,22 +80,47 @@ async fn ws(
     permit: Option<axum::Extension<HandshakePermit>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let (max, origin_ok) = {
+    let (max, origin_ok, admission) = {
         let snap = state.sessions.snapshot.load();
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        let admission = snap
+            .policy
+            .admission
+            .clone()
+            .map(|a| (a, snap.upstream.clone(), snap.policy.max_connections));
         (
             snap.policy.max_message_bytes,
             snap.policy.origin_allowed(origin, host),
+            admission,
         )
     };
     if !origin_ok {
         tracing::warn!("refused: origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let shutdown = state.shutdown.subscribe();
+    let mut shutdown = state.shutdown.subscribe();
     if *shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    // The backend must say it can take a session before the upgrade is accepted (the
+    // handshake's permit is held meanwhile, so waiting clients stay bounded).
+    if let Some((gate, upstream, max_connections)) = admission {
+        let slots = &state.sessions.slots;
+        let refused = tokio::select! {
+            r = gate.admit(&upstream, || slots.serving() < max_connections) => r.err(),
+            _ = shutdown.changed() => Some("shutting down".to_owned()),
+        };
+        if let Some(why) = refused {
+            tracing::warn!(reason = %why, "refused before the upgrade: runner not ready");
+            metrics::counter!("scope_router_admission_refused_total").increment(1);
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                axum::Json(json!({"error": "Runner not ready", "code": "RUNNER_NOT_READY"})),
+            )
+                .into_response();
+        }
     }
     state.connections_total.fetch_add(1, Ordering::Relaxed);
     upgrade
@@ -111,6 +136,7 @@ async fn ws(
             let upgrade = session::Upgrade {
                 token: crate::policy::auth::token_from(query.as_deref(), authorization),
                 handshake: permit.map(|p| p.0),
+                meta: session::upgrade_meta::UpgradeMeta::from_headers(&headers),
             };
             let conn = ConnHandle::with_token(ConnHandle::new_id(), upgrade.token.as_deref());
             session::serve(socket, state.sessions.clone(), conn, upgrade, shutdown)
@@ -263,6 +289,11 @@ pub fn describe_metrics() {
         "scope_router_reply_contract_violations_total",
         "Replies that fit none of their route's reply schemas (validate_replies: warn), by route."
     );
+    describe_counter!(
+        "scope_router_admission_refused_total",
+        "Upgrades refused with 503 because connection.admission did not pass."
+    );
+    crate::handler::tunnel::describe_metrics();
     metrics::gauge!("scope_router_connections_open").set(0.0);
     metrics::gauge!("scope_router_backend_crash_loop").set(0.0);
     metrics::counter!("scope_router_auth_denied_total").absolute(0);

@@ -355,7 +355,7 @@ mod tests {
             "    reply: { type: pong }",
             "    reply: { type: pong }\n    replyy: 1",
         );
-        insta::assert_snapshot!(err(&text), @"routes.yaml:7:5: unknown field `replyy`, expected one of schema, reply_schemas, reply, forward, signaling, transfer");
+        insta::assert_snapshot!(err(&text), @"routes.yaml:7:5: unknown field `replyy`, expected one of schema, reply_schemas, reply, forward, signaling, transfer, tunnel");
     }
 
     #[test]
@@ -364,7 +364,7 @@ mod tests {
             "    reply: { type: pong }",
             "    reply: { type: pong }\n    signaling: { action: offer }",
         );
-        insta::assert_snapshot!(err(&text), @"routes.yaml:6:5: route `ping`: a route needs exactly one of `reply`, `forward`, `signaling` or `transfer`");
+        insta::assert_snapshot!(err(&text), @"routes.yaml:6:5: route `ping`: a route needs exactly one of `reply`, `forward`, `signaling`, `transfer` or `tunnel`");
         let flow = MIN.replace("  ping:\n    reply: { type: pong }", "  ping: {}");
         assert!(err(&flow).contains("route `ping`"), "{}", err(&flow));
     }

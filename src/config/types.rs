@@ -136,6 +136,11 @@ pub struct BackendConfig {
     /// Variables added to the inherited environment of the command.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// When set, the command does not inherit the router's whole environment: only these
+    /// variables pass (those that are set; a trailing `*` matches a prefix, as `KAFKA_*`),
+    /// plus `env`. Applies on restart.
+    #[serde(default)]
+    pub env_allowlist: Option<Vec<String>>,
     /// Health probe of the backend.
     #[serde(default)]
     pub health: HealthConfig,
@@ -371,10 +376,14 @@ pub struct ConnectionConfig {
     /// Who may connect.
     pub auth: AuthConfig,
     /// Sent right after the upgrade (a reply template; `connection.*` is available).
+    /// `false` sends nothing (a tunnel whose upstream sends its own first message).
     pub on_connect: Option<Value>,
     /// Backend calls made right after `ready`, in order, best effort (they never delay it),
     /// such as telling the backend the connection id its log lines should carry.
     pub after_connect: Vec<ConnectStep>,
+    /// A check that must pass before a client's upgrade is accepted (the tunnel profile:
+    /// the runner is listening and has no session). A refusal is an HTTP 503.
+    pub admission: Option<AdmissionConfig>,
     /// Steps run when the connection ends.
     pub on_disconnect: Vec<DisconnectStep>,
     /// The user-id message (Scope 0.2.3's `set_user_id`): answered, recorded for
@@ -479,6 +488,7 @@ impl Default for ConnectionConfig {
             auth: AuthConfig::None,
             on_connect: None,
             after_connect: Vec::new(),
+            admission: None,
             on_disconnect: Vec::new(),
             gate: None,
             info: None,
@@ -532,7 +542,8 @@ pub struct HttpStep {
     /// JSON body, a template like the path.
     #[serde(default)]
     pub body: Option<Value>,
-    /// Time the call may take (default 10 s).
+    /// Time the call may take (default 10 s). A non-2xx answer, or a JSON answer with
+    /// `ok: false`, is logged as a warning.
     #[serde(default)]
     pub timeout: Option<Dur>,
     /// Run only when the last connection leaves (between users), like `clear_dir`.
@@ -576,6 +587,43 @@ fn default_delete() -> String {
 
 fn default_for_each_max() -> usize {
     256
+}
+
+/// The check before a client's upgrade: an HTTP call to the backend whose JSON answer
+/// must hold every field of `expect`, tried up to `attempts` times, `interval` apart.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Method (default GET).
+    #[serde(default = "default_get")]
+    pub method: String,
+    /// Backend path, such as `/internal/status`.
+    pub path: String,
+    /// Fields the answer's JSON object must have, with these values (a 2xx is needed too).
+    #[serde(default)]
+    pub expect: BTreeMap<String, Value>,
+    /// Checks before the client is refused (default 10).
+    #[serde(default = "default_admission_attempts")]
+    pub attempts: u32,
+    /// Time between two checks (default 1 s).
+    #[serde(default = "default_admission_interval")]
+    pub interval: Dur,
+    /// Time one check may take (default 2 s).
+    #[serde(default = "default_admission_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_get() -> String {
+    "GET".to_owned()
+}
+fn default_admission_attempts() -> u32 {
+    10
+}
+fn default_admission_interval() -> Dur {
+    Dur::secs(1)
+}
+fn default_admission_timeout() -> Dur {
+    Dur::secs(2)
 }
 
 fn default_post() -> String {
@@ -660,6 +708,7 @@ pub enum HandlerConfig {
     Forward(Box<ForwardConfig>),
     Signaling(SignalingConfig),
     Transfer(TransferRoute),
+    Tunnel(TunnelConfig),
 }
 
 impl HandlerConfig {
@@ -670,11 +719,12 @@ impl HandlerConfig {
             HandlerConfig::Forward(_) => "forward",
             HandlerConfig::Signaling(_) => "signaling",
             HandlerConfig::Transfer(_) => "transfer",
+            HandlerConfig::Tunnel(_) => "tunnel",
         }
     }
 }
 
-/// One route as written: exactly one of `reply`, `forward`, `signaling` or `transfer`.
+/// One route as written: exactly one of `reply`, `forward`, `signaling`, `transfer` or `tunnel`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "RouteConfig")]
@@ -697,6 +747,10 @@ pub struct RawRoute {
     /// A step of a chunked transfer.
     #[serde(default)]
     pub transfer: Option<TransferRoute>,
+    /// Every frame no other route takes (typed or not, text or binary) relayed unchanged
+    /// over one upstream WebSocket per client connection. Only on `$default`.
+    #[serde(default)]
+    pub tunnel: Option<TunnelConfig>,
 }
 
 /// The start of the error a route without exactly one handler gets.
@@ -719,11 +773,14 @@ impl TryFrom<RawRoute> for RouteConfig {
         if let Some(t) = raw.transfer {
             handlers.push(HandlerConfig::Transfer(t));
         }
+        if let Some(t) = raw.tunnel {
+            handlers.push(HandlerConfig::Tunnel(t));
+        }
         let handler = match (handlers.pop(), handlers.is_empty()) {
             (Some(h), true) => h,
             _ => {
                 return Err(
-                    "a route needs exactly one of `reply`, `forward`, `signaling` or `transfer`"
+                    "a route needs exactly one of `reply`, `forward`, `signaling`, `transfer` or `tunnel`"
                         .to_owned(),
                 );
             }
@@ -734,6 +791,76 @@ impl TryFrom<RawRoute> for RouteConfig {
             handler,
         })
     }
+}
+
+/// A tunnel: per client connection one upstream WebSocket, frames relayed both ways unchanged.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// The upstream WebSocket, such as `ws://127.0.0.1:8001/ws`.
+    pub url: String,
+    /// Frames waiting in each direction (default 64). A full queue slows its sender: the
+    /// router stops reading that side until there is room.
+    #[serde(default = "default_tunnel_queue")]
+    pub queue: usize,
+    /// Time the upstream handshake may take (default 10 s).
+    #[serde(default = "default_tunnel_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Wait before reconnecting a dropped upstream, the client's socket kept open (default 2.5 s).
+    #[serde(default = "default_tunnel_reconnect_delay")]
+    pub reconnect_delay: Dur,
+    /// More than this many upstream failures (drops and failed connects) within
+    /// `failure_window` close the client with 1011 (default 20).
+    #[serde(default = "default_tunnel_max_failures")]
+    pub max_failures: u32,
+    /// The window `max_failures` counts in (default 60 s).
+    #[serde(default = "default_tunnel_failure_window")]
+    pub failure_window: Dur,
+    /// WebSocket pings to the upstream; a silent one counts as dropped (default every 20 s,
+    /// 20 s to answer). `connection.keepalive` pings the client.
+    #[serde(default = "default_tunnel_keepalive")]
+    pub keepalive: Option<KeepaliveConfig>,
+    /// Frame types counted by name in `scope_router_tunnel_frames_total`; any other type
+    /// counts as `other`, a frame without one as `untyped`, a binary frame as `binary`.
+    #[serde(default = "default_tunnel_frame_types")]
+    pub frame_types: Vec<String>,
+}
+
+fn default_tunnel_queue() -> usize {
+    64
+}
+fn default_tunnel_connect_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn default_tunnel_reconnect_delay() -> Dur {
+    Dur::millis(2500)
+}
+fn default_tunnel_max_failures() -> u32 {
+    20
+}
+fn default_tunnel_failure_window() -> Dur {
+    Dur::secs(60)
+}
+fn default_tunnel_keepalive() -> Option<KeepaliveConfig> {
+    Some(KeepaliveConfig {
+        interval: Dur::secs(20),
+        timeout: Dur::secs(20),
+    })
+}
+fn default_tunnel_frame_types() -> Vec<String> {
+    [
+        "ready",
+        "started",
+        "create_channels",
+        "close_channels",
+        "response",
+        "restarting",
+        "ping",
+        "pong",
+        "error",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// A transfer route.

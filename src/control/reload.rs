@@ -96,6 +96,10 @@ impl Reloader {
             ("backend.command", differs(&a.command, &b.command)),
             ("backend.cwd", differs(&a.cwd, &b.cwd)),
             ("backend.env", differs(&a.env, &b.env)),
+            (
+                "backend.env_allowlist",
+                differs(&a.env_allowlist, &b.env_allowlist),
+            ),
             ("backend.health", differs(&a.health, &b.health)),
             ("backend.restart", differs(&a.restart, &b.restart)),
             ("backend.stop", differs(&a.stop, &b.stop)),

@@ -353,6 +353,10 @@ fn spawn_child(cfg: &BackendConfig, base_dir: &Path, logs: &LogFeed) -> Result<C
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some(allow) = &cfg.env_allowlist {
+        cmd.env_clear();
+        cmd.envs(allowed_env(std::env::vars_os(), allow));
+    }
     for (k, v) in &cfg.env {
         cmd.env(k, expand_home(v));
     }
@@ -370,6 +374,21 @@ fn spawn_child(cfg: &BackendConfig, base_dir: &Path, logs: &LogFeed) -> Result<C
         tokio::spawn(pump(err, "stderr", logs.clone(), filter));
     }
     Ok(child)
+}
+
+/// The variables of `vars` that `allow` names: exact names, or prefixes written `NAME_*`.
+fn allowed_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    allow: &[String],
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vars.filter(|(k, _)| {
+        let Some(k) = k.to_str() else { return false };
+        allow.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => k.starts_with(prefix),
+            None => a == k,
+        })
+    })
+    .collect()
 }
 
 /// Longest backend log line kept; the rest of a longer line is cut and the cut is marked.
@@ -503,6 +522,25 @@ mod tests {
         assert!(f.pushes(&line("scope.server.app", "INFO")));
         assert!(f.pushes("a line of another shape"));
         assert!(!f.pushes("INFO: GET /health 200"));
+    }
+
+    #[test]
+    fn the_allowlist_passes_names_and_prefixes_only() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("HF_TOKEN", "t"),
+            ("KAFKA_URL", "k"),
+            ("SECRET", "s"),
+            ("KAFKA", "x"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let allow = ["PATH", "HF_TOKEN", "KAFKA_*"].map(str::to_owned);
+        let mut kept: Vec<String> = allowed_env(vars.into_iter(), &allow)
+            .into_iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["HF_TOKEN", "KAFKA_URL", "PATH"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod reply;
 pub mod signaling;
 pub mod transfer;
+pub mod tunnel;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -96,6 +96,15 @@ impl HttpCall {
         })
     }
 
+    /// The time the step may take in the usual case: its own timeout, plus those of the calls
+    /// for up to 8 items (a list longer than that may outlast the hold; it is then logged).
+    pub fn usual_time(&self) -> Duration {
+        let each = self.for_each.as_ref().map_or(Duration::ZERO, |f| {
+            f.timeout * u32::try_from(f.max_items.min(8)).unwrap_or(8)
+        });
+        self.timeout + each
+    }
+
     /// Makes the call (and the calls for each item); failures are logged, never returned.
     pub async fn run(&self, upstream: &Upstream, conn: &ConnHandle) {
         let user = conn.user_id();
@@ -122,7 +131,9 @@ impl HttpCall {
             }
         };
         let status = resp.status.as_u16();
-        if resp.status.is_success() {
+        if resp.status.is_success() && says_not_ok(&resp.body) {
+            tracing::warn!(method = %self.method, %path, status, "hook answered ok: false");
+        } else if resp.status.is_success() {
             tracing::info!(method = %self.method, %path, status, "hook called");
         } else if self.quiet.contains(&status) {
             tracing::debug!(method = %self.method, %path, status, "hook answered (expected)");
@@ -249,6 +260,15 @@ pub async fn run(steps: &[Step], upstream: &Upstream, conn: &ConnHandle, last: b
     }
 }
 
+/// Whether a hook's answer is a JSON object with `ok: false` (the runner's cleanup says so
+/// when something could not be removed).
+fn says_not_ok(body: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<serde_json::Value>(body),
+        Ok(serde_json::Value::Object(m)) if m.get("ok") == Some(&serde_json::Value::Bool(false))
+    )
+}
+
 /// `$NAME` is looked up in the backend's declared env, then the router's environment.
 fn resolve_dir(
     spec: &str,
@@ -317,6 +337,14 @@ mod tests {
         assert!(outside.path().join("keep.txt").exists());
         assert!(clear_dir(Path::new("/")).is_err());
         assert_eq!(clear_dir(&d.path().join("missing")).unwrap(), 0);
+    }
+
+    #[test]
+    fn ok_false_is_noticed() {
+        assert!(says_not_ok(br#"{"ok":false,"plugins":[],"assets":0}"#));
+        assert!(!says_not_ok(br#"{"ok":true}"#));
+        assert!(!says_not_ok(b"not json"));
+        assert!(!says_not_ok(b"[false]"));
     }
 
     #[test]

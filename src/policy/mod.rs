@@ -1,5 +1,6 @@
 //! The connection policy of one snapshot: limits, auth, the hooks around a connection and log push, compiled at load.
 
+pub mod admission;
 pub mod auth;
 pub mod cleanup;
 pub mod events;
@@ -50,8 +51,10 @@ pub struct ConnectionPolicy {
     pub allowed_origins: Option<Vec<String>>,
     pub keepalive: Option<Keepalive>,
     pub auth: auth::Auth,
-    /// Sent right after the upgrade.
-    pub on_connect: Template,
+    /// Sent right after the upgrade (`None`: `on_connect: false`).
+    pub on_connect: Option<Template>,
+    /// The check before an upgrade is accepted.
+    pub admission: Option<std::sync::Arc<admission::Admission>>,
     /// Backend calls right after `ready`, best effort.
     pub after_connect: Vec<cleanup::HttpCall>,
     pub on_disconnect: Vec<cleanup::Step>,
@@ -80,8 +83,19 @@ impl ConnectionPolicy {
         let on_connect_src = conn.on_connect.clone().unwrap_or_else(
             || serde_json::json!({"type": "ready", "connection_id": "${connection.id}"}),
         );
-        let on_connect = Template::compile_reply(&on_connect_src, Scope::CONNECTION)
-            .map_err(|e| format!("connection.on_connect: {e}"))?;
+        let on_connect = match on_connect_src {
+            serde_json::Value::Bool(false) => None,
+            src => Some(
+                Template::compile_reply(&src, Scope::CONNECTION)
+                    .map_err(|e| format!("connection.on_connect: {e}"))?,
+            ),
+        };
+        let admission = conn
+            .admission
+            .as_ref()
+            .map(|a| admission::Admission::compile(a).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(|e| format!("connection.{e}"))?;
         let on_disconnect = conn
             .on_disconnect
             .iter()
@@ -139,6 +153,7 @@ impl ConnectionPolicy {
             auth: auth::Auth::compile(&conn.auth)?,
             on_connect,
             after_connect,
+            admission,
             on_disconnect,
             gate,
             info,
@@ -167,12 +182,26 @@ impl ConnectionPolicy {
         }
     }
 
-    /// Renders the `on_connect` message for a connection.
-    pub fn connect_message(&self, connection_id: &str) -> String {
+    /// Renders the `on_connect` message for a connection (`None` with `on_connect: false`).
+    pub fn connect_message(&self, connection_id: &str) -> Option<String> {
         let ctx = Ctx {
             connection_id: Some(connection_id),
             ..Ctx::default()
         };
-        self.on_connect.render_to_string(&ctx)
+        self.on_connect.as_ref().map(|t| t.render_to_string(&ctx))
+    }
+
+    /// How long a new connection waits for the previous user's cleanup before going on:
+    /// two minutes, or longer when the disconnect steps' own timeouts add up to more.
+    pub fn cleanup_hold_limit(&self) -> Duration {
+        let steps: Duration = self
+            .on_disconnect
+            .iter()
+            .map(|s| match s {
+                cleanup::Step::Http(call) => call.usual_time(),
+                _ => Duration::ZERO,
+            })
+            .sum();
+        Duration::from_secs(120).max(steps + Duration::from_secs(10))
     }
 }

@@ -65,6 +65,20 @@ pub(crate) fn compile_routes(
     }
     let mut table = HashMap::new();
     let mut default = None;
+    let mut tunnel = None;
+    for (name, r) in routes {
+        if let HandlerConfig::Tunnel(t) = &r.value.handler {
+            match crate::handler::tunnel::TunnelSpec::compile(t) {
+                Ok(_) if name != DEFAULT_ROUTE => errors.push((
+                    name.clone(),
+                    "a tunnel takes every frame no other route takes, so it can only be `$default`"
+                        .to_owned(),
+                )),
+                Ok(spec) => tunnel = Some(Arc::new(spec)),
+                Err(e) => errors.push((name.clone(), e)),
+            }
+        }
+    }
     for (name, r) in routes {
         if errors.iter().any(|(n, _)| n == name) {
             continue;
@@ -78,7 +92,7 @@ pub(crate) fn compile_routes(
         }
     }
     if errors.is_empty() {
-        Ok(RouteTable::new(table, default, key))
+        Ok(RouteTable::new(table, default, key).with_tunnel(tunnel))
     } else {
         Err(errors)
     }
@@ -121,6 +135,11 @@ fn build_route(
                 signaling_spec(sig)?,
             ))),
             Some(plain_refusal()),
+        ),
+        // Frames reach a tunnel from the session loop; the stack is there for completeness.
+        HandlerConfig::Tunnel(_) => (
+            BoxCloneSyncService::new(HandlerService::new(crate::handler::tunnel::TunnelHandler)),
+            None,
         ),
         HandlerConfig::Transfer(t) => {
             let needs_via = matches!(
@@ -244,7 +263,9 @@ fn mutates(h: &HandlerConfig) -> Mutates {
                 Mutates::Always
             }
         }
-        HandlerConfig::Signaling(_) | HandlerConfig::Transfer(_) => Mutates::Always,
+        HandlerConfig::Signaling(_) | HandlerConfig::Transfer(_) | HandlerConfig::Tunnel(_) => {
+            Mutates::Always
+        }
     }
 }
 

@@ -88,6 +88,9 @@ pub struct RouteTable {
     routes: HashMap<Box<str>, Route>,
     default: Option<Route>,
     pub key: RouteKey,
+    /// The `$default` route's tunnel, when it is one: the session relays to it every frame
+    /// that no named route takes.
+    tunnel: Option<Arc<crate::handler::tunnel::TunnelSpec>>,
 }
 
 impl RouteTable {
@@ -100,7 +103,27 @@ impl RouteTable {
             routes,
             default,
             key,
+            tunnel: None,
         }
+    }
+
+    /// The table with its `$default` tunnel.
+    pub(crate) fn with_tunnel(
+        mut self,
+        tunnel: Option<Arc<crate::handler::tunnel::TunnelSpec>>,
+    ) -> Self {
+        self.tunnel = tunnel;
+        self
+    }
+
+    /// The `$default` tunnel, if the table has one.
+    pub fn tunnel(&self) -> Option<&Arc<crate::handler::tunnel::TunnelSpec>> {
+        self.tunnel.as_ref()
+    }
+
+    /// Whether a route other than `$default` has this name.
+    pub fn has_named_route(&self, name: &str) -> bool {
+        self.routes.contains_key(name)
     }
 
     /// Picks the route for a decoded message and runs it.

@@ -62,6 +62,11 @@ impl Slots {
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Connections admitted and not yet in cleanup.
+    pub fn serving(&self) -> usize {
+        self.serving.load(Ordering::Acquire)
+    }
+
     /// Takes a slot, unless `max` connections are already served.
     pub(crate) fn admit(&self, max: usize) -> Option<Slot> {
         let serving = self.serving.fetch_add(1, Ordering::AcqRel) + 1;
@@ -98,11 +103,17 @@ impl Slots {
     pub(crate) async fn wait_for_cleanups(&self, limit: Duration) {
         let mut cleaning = self.cleaning.subscribe();
         let waited = Instant::now();
+        if *cleaning.borrow() > 0 {
+            tracing::info!("waiting for the previous user's cleanup");
+        }
         if tokio::time::timeout(limit, cleaning.wait_for(|n| *n == 0))
             .await
             .is_err()
         {
-            tracing::warn!("previous user's cleanup still running after 120 s; going on");
+            tracing::warn!(
+                limit_s = limit.as_secs(),
+                "previous user's cleanup still running; going on"
+            );
         } else if waited.elapsed() > Duration::from_millis(1) {
             tracing::info!(
                 waited_ms = waited.elapsed().as_millis() as u64,

@@ -43,7 +43,7 @@ where
 }
 
 /// Sends a close frame (best effort, 5 s at most).
-pub(crate) async fn close<S>(tx: &mut S, code: u16, reason: &'static str)
+pub(crate) async fn close<S>(tx: &mut S, code: u16, reason: &str)
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {

@@ -6,6 +6,7 @@
 pub mod admission;
 mod gate;
 mod io;
+pub mod upgrade_meta;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ pub struct Upgrade {
     /// The connection's place among the handshakes in progress, given up once the token
     /// has been checked.
     pub handshake: Option<admission::HandshakePermit>,
+    /// The `manifest-id` and `daydream-user-id` headers (a Livepeer orchestrator's), for log fields.
+    pub meta: upgrade_meta::UpgradeMeta,
 }
 
 /// Why a connection ended, for the disconnect log line.
@@ -61,6 +64,8 @@ enum EndReason {
     Shutdown,
     SendFailed,
     AccessDenied,
+    /// The tunnel's upstream closed on purpose, or could not be kept.
+    TunnelClosed,
 }
 
 /// Serves one connection until it ends, then runs the disconnect steps.
@@ -76,7 +81,8 @@ pub async fn serve<S>(
         + Unpin
         + Send,
 {
-    let span = tracing::info_span!("conn", id = %conn.id);
+    let span = tracing::info_span!("conn", id = %conn.id, manifest_id = tracing::field::Empty, user_id = tracing::field::Empty);
+    upgrade.meta.record(&span);
     shared.slots.opened();
     run(socket, &shared, conn, upgrade, shutdown)
         .instrument(span)
@@ -107,7 +113,9 @@ async fn run<S>(
     // Auth first: a connection takes a slot only once it is let in, so clients that are
     // still being checked (a slow authorizer) cannot lock real users out. Their number is
     // bounded by the handshake cap instead.
-    let Upgrade { token, handshake } = upgrade;
+    let Upgrade {
+        token, handshake, ..
+    } = upgrade;
     let checked = tokio::select! {
         r = crate::policy::auth::authorize(&policy.auth, token.as_deref(), &conn.id, snap.upstream.pool()) => r,
         // A stopping router does not wait on a slow authorizer.
@@ -141,7 +149,7 @@ async fn run<S>(
     // The next user's `ready` waits until the previous user's cleanup is done (their files are gone).
     shared
         .slots
-        .wait_for_cleanups(Duration::from_secs(120))
+        .wait_for_cleanups(policy.cleanup_hold_limit())
         .await;
 
     let (mut bytes_in, mut bytes_out, mut messages) = (0u64, 0u64, 0u64);
@@ -152,14 +160,16 @@ async fn run<S>(
     if let Some(info) = &policy.info {
         conn.set_info(info.clone());
     }
-    let ready = policy.connect_message(&conn.id);
     let log_batch = policy.logs.batch;
     // With an access check, log lines wait for the grant.
     let checks = policy.gate.as_ref().is_some_and(|g| g.checks());
     let defer_logs = checks && policy.gate.as_ref().is_some_and(|g| g.logs_after_grant);
     let mut logs = (policy.logs.enabled && !defer_logs).then(|| shared.logs.subscribe());
-    bytes_out += ready.len() as u64;
-    let mut ok = send_text(&mut tx, ready, write_timeout).await;
+    let mut ok = true;
+    if let Some(ready) = policy.connect_message(&conn.id) {
+        bytes_out += ready.len() as u64;
+        ok = send_text(&mut tx, ready, write_timeout).await;
+    }
     let connected_ms = crate::policy::events::now_ms();
     if !checks {
         emit_connected(&snap, &conn);
@@ -178,6 +188,11 @@ async fn run<S>(
     }
     let mut gate = gate::GateState::default();
     let mut gate_check: Option<BoxFuture<'static, Result<(), GateError>>> = None;
+    // Frames no named route takes go through the tunnel, when `$default` is one.
+    let mut tunnel = snap
+        .table
+        .tunnel()
+        .map(|spec| crate::handler::tunnel::Link::open(spec.clone(), policy.max_message_bytes));
 
     let (push_tx, mut push_rx) = tokio::sync::mpsc::channel::<Outbound>(16);
     conn.set_push(push_tx);
@@ -226,7 +241,19 @@ async fn run<S>(
                 };
                 ok = send(&mut tx, msg, write_timeout).await;
             }
-            frame = rx.next() => {
+            ev = crate::handler::tunnel::next(&mut tunnel), if tunnel.is_some() => match ev {
+                crate::handler::tunnel::Event::Frame(msg) => {
+                    bytes_out += frame_len(&msg);
+                    ok = send(&mut tx, msg, write_timeout).await;
+                }
+                crate::handler::tunnel::Event::Close(code, reason) => {
+                    close(&mut tx, code, &reason).await;
+                    break EndReason::TunnelClosed;
+                }
+                crate::handler::tunnel::Event::Resumed => {}
+            },
+            // A tunnel frame waiting for room holds the client's reads (backpressure).
+            frame = rx.next(), if !tunnel.as_ref().is_some_and(|t| t.blocked()) => {
                 last_heard = Instant::now();
                 // Only a client's messages count as activity: a browser answers pings by
                 // itself, so an abandoned tab would otherwise never be idle.
@@ -238,6 +265,25 @@ async fn run<S>(
                     && bucket.as_mut().is_some_and(|b| !b.take());
                 let reply: Option<Reply> = match frame {
                     None => break EndReason::ClientGone,
+                    Some(Ok(Message::Text(text))) if !limited && tunnel.is_some() && {
+                        let table = &shared.snapshot.load().table;
+                        crate::handler::tunnel::tunnels_text(&text, &table.key, |t| table.has_named_route(t))
+                    } => {
+                        bytes_in += text.len() as u64;
+                        messages += 1;
+                        if let Some(t) = tunnel.as_mut() {
+                            t.offer_text(text);
+                        }
+                        None
+                    }
+                    Some(Ok(Message::Binary(b))) if !limited && tunnel.is_some() => {
+                        bytes_in += b.len() as u64;
+                        messages += 1;
+                        if let Some(t) = tunnel.as_mut() {
+                            t.offer_binary(b);
+                        }
+                        None
+                    }
                     Some(Ok(Message::Text(text))) => {
                         bytes_in += text.len() as u64;
                         messages += 1;
@@ -350,7 +396,9 @@ async fn run<S>(
                 }
             }
             _ = tick(&mut keepalive), if keepalive.is_some() => {
-                if last_heard.elapsed() > keepalive_grace {
+                // A client whose reads are held by a full tunnel queue cannot have its pongs
+                // read either: that is backpressure, not a dead peer.
+                if last_heard.elapsed() > keepalive_grace && !tunnel.as_ref().is_some_and(|t| t.blocked()) {
                     close(&mut tx, CLOSE_GOING_AWAY, "keepalive timeout: no pong").await;
                     break EndReason::KeepaliveTimeout;
                 }
@@ -373,6 +421,10 @@ async fn run<S>(
     };
 
     emit_disconnected(&snap, &conn, connected_ms);
+    // The runner sees its socket close before any cleanup step runs.
+    if let Some(t) = tunnel.take() {
+        t.close().await;
+    }
     let hold = shared.slots.leave(slot);
     // Nothing reads pushes any more: a download in progress stops here.
     drop(push_rx);
@@ -529,6 +581,15 @@ fn emit_disconnected(snap: &Snapshot, conn: &ConnHandle, start_ms: u64) {
         serde_json::Value::Object(data),
         &snap.upstream.pool_arc(),
     );
+}
+
+/// Payload bytes of a frame, for the byte counts.
+fn frame_len(m: &Message) -> u64 {
+    match m {
+        Message::Text(t) => t.len() as u64,
+        Message::Binary(b) => b.len() as u64,
+        _ => 0,
+    }
 }
 
 /// Sleeps for `d`, or forever when there is no limit.

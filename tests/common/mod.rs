@@ -7,6 +7,7 @@ mod mock;
 mod process;
 mod raw_ws;
 mod routes;
+mod runner;
 mod wait;
 mod ws;
 
@@ -15,5 +16,6 @@ pub use mock::*;
 pub use process::*;
 pub use raw_ws::*;
 pub use routes::*;
+pub use runner::*;
 pub use wait::*;
 pub use ws::*;
