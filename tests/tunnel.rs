@@ -179,6 +179,26 @@ async fn access_denied_is_passed_on_with_4003() {
     assert_eq!(close_code(&mut s).await, Some(4003));
 }
 
+/// A job info without `control_url` gets the runner's untyped error, and the runner's
+/// normal close reaches the client as it was sent (no reconnect).
+#[tokio::test]
+async fn a_job_without_control_url_is_answered_and_closed_by_the_runner() {
+    let runner = runner(&[]);
+    let routes = tunnel_routes(&runner.http(), "", "", "");
+    let router = router(&routes.path, &runner.http(), &[]);
+    let mut s = connect(&router).await;
+    assert_eq!(json_frame(&mut s).await["type"], "ready");
+    let mut job = job_info("user-7");
+    job.as_object_mut().unwrap().remove("control_url");
+    send(&mut s, &job).await;
+    assert_eq!(
+        json_frame(&mut s).await,
+        json!({"error": "control_url is required but was not provided"})
+    );
+    assert_eq!(close_code(&mut s).await, Some(1000));
+    assert_eq!(runner_stats(&runner).await["connections_total"], 1);
+}
+
 #[tokio::test]
 async fn binary_frames_both_ways_and_unusual_json_byte_for_byte() {
     let runner = runner(&["--echo"]);
