@@ -546,6 +546,7 @@ async fn the_shipped_livepeer_profile_fronts_the_runner() {
         &[
             ("HF_TOKEN", "hf-test"),
             ("SCOPE_ROUTER_TEST_SECRET", "kept out"),
+            ("NOMAD_DC", "eu-west"),
         ],
     );
     wait_backend_ready(&router).await;
@@ -568,6 +569,13 @@ async fn the_shipped_livepeer_profile_fronts_the_runner() {
         (runner_stats(&runner).await["cleanups_done"] == 1).then_some(())
     })
     .await;
+    // The lifecycle events name the orchestrator's user and manifest.
+    for kind in ["websocket_connected", "websocket_disconnected"] {
+        let line = router.wait_for_line_with(&["lifecycle event", kind]).await;
+        assert!(line.contains(r#""user_id":"user-7""#), "{line}");
+        assert!(line.contains(r#""connection_id":"manifest-7""#), "{line}");
+        assert!(line.contains(r#""fal_region":"eu-west""#), "{line}");
+    }
 
     let relay = std::fs::read_to_string(repo().join("routes.yaml")).unwrap();
     assert!(

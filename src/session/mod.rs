@@ -114,8 +114,16 @@ async fn run<S>(
     // still being checked (a slow authorizer) cannot lock real users out. Their number is
     // bounded by the handshake cap instead.
     let Upgrade {
-        token, handshake, ..
+        token,
+        handshake,
+        meta,
     } = upgrade;
+    // An orchestrator names its user and job in the upgrade headers: they are the
+    // connection's user id (as a `set_user_id` would be) and its id in lifecycle events.
+    if let Some(user) = &meta.user_id {
+        conn.set_user_id(user);
+    }
+    let event_id = meta.manifest_id.clone();
     let checked = tokio::select! {
         r = crate::policy::auth::authorize(&policy.auth, token.as_deref(), &conn.id, snap.upstream.pool()) => r,
         // A stopping router does not wait on a slow authorizer.
@@ -172,7 +180,7 @@ async fn run<S>(
     }
     let connected_ms = crate::policy::events::now_ms();
     if !checks {
-        emit_connected(&snap, &conn);
+        emit_connected(&snap, &conn, event_id.as_deref());
     }
     if !policy.after_connect.is_empty() {
         // Best effort, in order, without delaying anything the client sent.
@@ -366,7 +374,7 @@ async fn run<S>(
                 if policy.logs.enabled && logs.is_none() {
                     logs = Some(shared.logs.subscribe());
                 }
-                emit_connected(&snap, &conn);
+                emit_connected(&snap, &conn, event_id.as_deref());
                 // The messages that waited, in order.
                 while let Some(req) = rest.pop_front() {
                     let reply = match gate.decide(Some(g), req, policy.max_in_flight) {
@@ -420,7 +428,7 @@ async fn run<S>(
         }
     };
 
-    emit_disconnected(&snap, &conn, connected_ms);
+    emit_disconnected(&snap, &conn, event_id.as_deref(), connected_ms);
     // The runner sees its socket close before any cleanup step runs.
     if let Some(t) = tunnel.take() {
         t.close().await;
@@ -534,7 +542,10 @@ async fn poll_opt<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
 }
 
 /// What lifecycle events say about a connection.
-fn event_data(conn: &ConnHandle) -> serde_json::Map<String, serde_json::Value> {
+fn event_data(
+    conn: &ConnHandle,
+    event_id: Option<&str>,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut data = serde_json::Map::new();
     data.insert(
         "user_id".to_owned(),
@@ -544,7 +555,7 @@ fn event_data(conn: &ConnHandle) -> serde_json::Map<String, serde_json::Value> {
     );
     data.insert(
         "connection_id".to_owned(),
-        serde_json::Value::from(&*conn.id),
+        serde_json::Value::from(event_id.unwrap_or(&conn.id)),
     );
     data.insert(
         "connection_info".to_owned(),
@@ -553,17 +564,17 @@ fn event_data(conn: &ConnHandle) -> serde_json::Map<String, serde_json::Value> {
     data
 }
 
-fn emit_connected(snap: &Snapshot, conn: &ConnHandle) {
+fn emit_connected(snap: &Snapshot, conn: &ConnHandle, event_id: Option<&str>) {
     snap.policy.events.emit(
         "websocket_connected",
-        serde_json::Value::Object(event_data(conn)),
+        serde_json::Value::Object(event_data(conn, event_id)),
         &snap.upstream.pool_arc(),
     );
 }
 
-fn emit_disconnected(snap: &Snapshot, conn: &ConnHandle, start_ms: u64) {
+fn emit_disconnected(snap: &Snapshot, conn: &ConnHandle, event_id: Option<&str>, start_ms: u64) {
     let end_ms = crate::policy::events::now_ms();
-    let mut data = event_data(conn);
+    let mut data = event_data(conn, event_id);
     data.insert(
         "duration_ms".to_owned(),
         serde_json::Value::from(end_ms.saturating_sub(start_ms)),
