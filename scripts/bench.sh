@@ -1,43 +1,108 @@
 #!/usr/bin/env bash
-# The benchmark, in one command: ./scripts/bench.sh
+# The benchmark, in one command: ./scripts/bench.sh  (or ./scripts/bench.sh --quick)
 #
-# Measures on this machine, in one run, side by side: N closed-loop workers calling
-# the backend (mock-scope --quiet, release) directly over keep-alive HTTP ("direct",
-# the limit), and N WebSocket connections sending the equivalent messages through
-# scope-router ("router"). Every row runs direct then router; the whole set is
-# repeated BENCH_REPEATS times and the medians are reported. Then 10,000 idle
-# WebSocket connections are opened against a fresh router to measure its RSS.
+# Measures on this machine, in one run, side by side: closed-loop workers calling the
+# backend (mock-scope, release) directly over keep-alive HTTP ("direct", the limit), and
+# WebSocket connections sending the equivalent messages through scope-router ("router").
+# Every row runs direct then router; the whole set is repeated BENCH_REPEATS times and the
+# medians are reported.
 #
-# Writes target/bench/results.md (the Markdown table, also printed) and
+# Each row names the routes the router runs:
+# - `shipped`: the shipped routes.yaml with its rate limit and connection caps lifted (and
+#   nothing else), against `mock-scope --quiet`;
+# - `fal`: examples/fal/routes.yaml, whose log push is on, with the same caps lifted and
+#   `mock-scope --log-interval-ms 100` as the supervised backend (a log line pushed to
+#   every client every 100 ms, as a busy Scope does);
+# - `bench`: benches/routes.yaml, for `ping_noschema` (the price of validation).
+#
+# Rows are CONFIG:MIX-CONNS (closed loop: ping, ping_noschema, api, mix, api1k, api64k,
+# api1m), CONFIG:TRANSFER (b64-upload: 10 MiB base64 in one message; chunked-upload:
+# 50 MiB in binary chunks; download: 50 MiB chunked, binary chunks; each against a direct
+# POST or GET of the same bytes, in MB/s, with the router's peak RSS), or `idle`
+# (10,000 idle WebSockets on a fresh shipped router, for its RSS).
+#
+# Writes target/bench/results.md (the Markdown tables, also printed) and
 # target/bench/raw.jsonl (one JSON line per measurement).
 #
+# --quick: one repeat of 2 s per measurement over the main rows, in under a minute: the
+# regression guard before a commit that touches the hot path.
+#
 # Knobs (environment): BENCH_REPEATS (3), BENCH_DURATION (5s), BENCH_WARMUP (1s),
-# BENCH_IDLE_CONNS (10000), BENCH_LOADGEN_THREADS (1), BENCH_ROWS (all rows, e.g.
-# "api-50 mix-50"), BENCH_PIN_SINGLE (1: run the 1-connection rows with every
+# BENCH_IDLE_CONNS (10000), BENCH_LOADGEN_THREADS (1), BENCH_ROWS (the rows, e.g.
+# "shipped:api-50 fal:api-1"), BENCH_PIN_SINGLE (1: run the 1-connection rows with every
 # process on CPU 0; see "Pinning" below), BENCH_NO_BUILD (1: skip cargo build),
-# BENCH_TUNNEL (1: add the tunnel row, ping/pong through the tunnel against mock-runner).
+# BENCH_ROUTER (the router binary, for A/B runs; default target/release/scope-router),
+# BENCH_ROUTER_ARGS (extra router flags, e.g. "--worker-threads 2").
+# BENCH_TUNNEL (1: add the tunnel row, ping/pong through the tunnel against mock-runner; off with --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REPEATS="${BENCH_REPEATS:-3}"
-DURATION="${BENCH_DURATION:-5s}"
-WARMUP="${BENCH_WARMUP:-1s}"
+QUICK=0
+if [ "${1:-}" = --quick ]; then
+    QUICK=1
+fi
+MAIN_ROWS="shipped:ping-1 shipped:api-1 shipped:api-50 shipped:mix-50 fal:api-1 fal:api-50 shipped:chunked-upload"
+ALL_ROWS="shipped:ping-1 shipped:ping-50 shipped:ping-500 shipped:api-1 shipped:api-50 shipped:api-500 shipped:mix-50
+fal:ping-1 fal:ping-50 fal:ping-500 fal:api-1 fal:api-50 fal:api-500 fal:mix-50
+shipped:api1k-1 shipped:api64k-1 shipped:api1m-1 fal:api1k-1 fal:api64k-1 fal:api1m-1
+bench:ping-1 bench:ping_noschema-1 bench:ping-100 bench:ping_noschema-100
+shipped:b64-upload shipped:chunked-upload shipped:download fal:chunked-upload fal:download idle"
+if [ "$QUICK" = 1 ]; then
+    REPEATS="${BENCH_REPEATS:-1}"
+    DURATION="${BENCH_DURATION:-2s}"
+    WARMUP="${BENCH_WARMUP:-500ms}"
+    ROWS="${BENCH_ROWS:-$MAIN_ROWS}"
+else
+    REPEATS="${BENCH_REPEATS:-3}"
+    DURATION="${BENCH_DURATION:-5s}"
+    WARMUP="${BENCH_WARMUP:-1s}"
+    ROWS="${BENCH_ROWS:-$ALL_ROWS}"
+fi
 IDLE_CONNS="${BENCH_IDLE_CONNS:-10000}"
 THREADS="${BENCH_LOADGEN_THREADS:-1}"
 PIN_SINGLE="${BENCH_PIN_SINGLE:-1}"
-# The standard set: mix-conns. ping_noschema pairs with ping to price validation.
-ROWS="${BENCH_ROWS:-ping-1 ping_noschema-1 ping-100 ping_noschema-100 api-1 api-50 api-500 mix-50 idle}"
+ROUTER_ARGS=(${BENCH_ROUTER_ARGS:-})
 
 OUT=target/bench
 BIN=target/release
-mkdir -p "$OUT"
+ROUTER_BIN="${BENCH_ROUTER:-$BIN/scope-router}"
+mkdir -p "$OUT" "$OUT/assets"
 : >"$OUT/raw.jsonl"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     cargo build --release --bins
 fi
-"$BIN/scope-router" validate --routes benches/routes.yaml >/dev/null
+
+# The routes each configuration runs: the shipped files with the rate limit and the
+# connection caps (max_connections, max_handshakes) lifted, schemas found from anywhere.
+# Every edit is checked, so a changed file fails here rather than benchmarking the wrong thing.
+lift() { # SRC DEST [SED ARGS...]
+    local src="$1" dest="$2"
+    shift 2
+    sed -e "s|^schemas: .*|schemas: $PWD/schemas|" \
+        -e 's|^  max_connections: 8$|  max_connections: 20000\n  max_handshakes: 20000|' \
+        -e '/^  rate: { per_second: 200, burst: 400 }$/d' "$@" "$src" >"$dest"
+    if ! grep -q '^  max_connections: 20000$' "$dest" || grep -q '^  rate:' "$dest"; then
+        echo "bench: could not lift the limits of $src" >&2
+        exit 1
+    fi
+}
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+lift routes.yaml "$OUT/routes-shipped.yaml"
+FAL_PORT="$(free_port)"
+lift examples/fal/routes.yaml "$OUT/routes-fal.yaml" \
+    -e "s|^  url: http://127.0.0.1:8000$|  url: http://127.0.0.1:$FAL_PORT|" \
+    -e "s|^  command: \[\"uv\", \"run\", \"daydream-scope\".*|  command: [\"$PWD/$BIN/mock-scope\", \"--host\", \"127.0.0.1\", \"--port\", \"$FAL_PORT\", \"--quiet\", \"--log-interval-ms\", \"100\", \"--pipeline\", \"passthrough\"]|"
+grep -q -- '--log-interval-ms' "$OUT/routes-fal.yaml" || {
+    echo "bench: could not put mock-scope into the fal routes" >&2
+    exit 1
+}
+for f in "$OUT/routes-shipped.yaml" "$OUT/routes-fal.yaml" benches/routes.yaml; do
+    "$ROUTER_BIN" validate --routes "$f" >/dev/null
+done
 
 # 10,000 idle connections need 10,000 descriptors in the router and in the load generator.
 need=$((IDLE_CONNS + 2048))
@@ -55,19 +120,20 @@ ulimit -n "$need"
 #   there: a direct GET /health took 74 µs at p50 instead of 10 µs, and the figure
 #   swung with whatever else the machine was doing. On one CPU the rows measure the
 #   software path, the same on a quiet machine and a busy one.
-# - The other rows are not pinned: throughput needs both cores. Giving the router a
-#   core of its own (the rest on the other) was worse on every row: the router's two
-#   worker threads then share one CPU, and the direct runs lose a core.
+# - The other rows are not pinned: throughput needs both cores.
 ALL_CPUS="0-$(($(nproc) - 1))"
 CAN_PIN=0
 if [ "$PIN_SINGLE" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -gt 1 ]; then
     CAN_PIN=1
 fi
-# place CPUS: moves the running backend and router (every thread) onto CPUS.
+# place CPUS PID...: moves the running processes (every thread) onto CPUS.
 place() {
+    local cpus="$1"
+    shift
     if [ "$CAN_PIN" = 1 ]; then
-        taskset -a -p -c "$1" "$backend_PID" >/dev/null
-        taskset -a -p -c "$1" "$router_PID" >/dev/null
+        for p in "$@"; do
+            taskset -a -p -c "$cpus" "$p" >/dev/null
+        done
     fi
 }
 
@@ -114,11 +180,6 @@ stop() {
     wait "$1" 2>/dev/null || true
 }
 
-start_router() {
-    RUST_LOG=warn start "$1" "$BIN/scope-router" --routes benches/routes.yaml \
-        --listen 127.0.0.1:0 --backend-url "http://$backend_ADDR" --no-supervise --no-watch
-}
-
 # wait_ready ADDR: the router's /readyz answers 200 once its health probe saw the backend.
 wait_ready() {
     for _ in $(seq 1 100); do
@@ -129,64 +190,146 @@ wait_ready() {
     exit 1
 }
 
-start backend "$BIN/mock-scope" --listen 127.0.0.1:0 --quiet --pipeline passthrough
-start_router router
-wait_ready "$router_ADDR"
-echo "bench: mock-scope (pid $backend_PID) at $backend_ADDR, scope-router (pid $router_PID) at $router_ADDR; load before: $LOAD_BEFORE" >&2
+# The processes, started for the configurations the rows use. Each sets R_PID, R_ADDR
+# (router), B_PID, B_ADDR (its backend) for the config named by `use CONFIG`.
+start_mock() {
+    if [ -z "${backend_PID:-}" ]; then
+        start backend "$BIN/mock-scope" --listen 127.0.0.1:0 --quiet --pipeline passthrough
+    fi
+}
+# start_router NAME ROUTES: a router over the shared mock (no supervision).
+start_router() {
+    DAYDREAM_SCOPE_ASSETS_DIR="$PWD/$OUT/assets" RUST_LOG=warn start "$1" "$ROUTER_BIN" \
+        --routes "$2" --listen 127.0.0.1:0 --backend-url "http://$backend_ADDR" \
+        --no-supervise --no-watch "${ROUTER_ARGS[@]}"
+    local addr_var="${1}_ADDR"
+    wait_ready "${!addr_var}"
+}
+use() {
+    case "$1" in
+    shipped)
+        start_mock
+        [ -n "${shipped_PID:-}" ] || start_router shipped "$OUT/routes-shipped.yaml"
+        R_PID="$shipped_PID" R_ADDR="$shipped_ADDR" B_PID="$backend_PID" B_ADDR="$backend_ADDR"
+        ;;
+    bench)
+        start_mock
+        [ -n "${benchr_PID:-}" ] || start_router benchr benches/routes.yaml
+        R_PID="$benchr_PID" R_ADDR="$benchr_ADDR" B_PID="$backend_PID" B_ADDR="$backend_ADDR"
+        ;;
+    fal)
+        if [ -z "${fal_PID:-}" ]; then
+            # The router supervises its own mock-scope, as it supervises Scope on fal.
+            RUST_LOG=warn start fal "$ROUTER_BIN" --routes "$OUT/routes-fal.yaml" \
+                --listen 127.0.0.1:0 --no-watch "${ROUTER_ARGS[@]}"
+            wait_ready "$fal_ADDR"
+            fal_backend_PID="$(pgrep -P "$fal_PID" -f mock-scope | head -n1)"
+            [ -n "$fal_backend_PID" ] || {
+                echo "bench: the fal router's mock-scope is not running" >&2
+                exit 1
+            }
+        fi
+        R_PID="$fal_PID" R_ADDR="$fal_ADDR" B_PID="$fal_backend_PID" B_ADDR="127.0.0.1:$FAL_PORT"
+        ;;
+    *)
+        echo "bench: unknown routes config $1" >&2
+        exit 1
+        ;;
+    esac
+}
+
+# fresh CONFIG: stops that config's router (and the fal router's backend with it), so the
+# next `use` starts a new one.
+fresh() {
+    case "$1" in
+    shipped) [ -z "${shipped_PID:-}" ] || stop "$shipped_PID"; shipped_PID="" ;;
+    bench) [ -z "${benchr_PID:-}" ] || stop "$benchr_PID"; benchr_PID="" ;;
+    fal) [ -z "${fal_PID:-}" ] || stop "$fal_PID"; fal_PID="" ;;
+    esac
+}
 
 common=(--duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS")
 
-measure() { # ROW REPEAT
-    local row="$1" rep="$2" mix conns
+measure() { # CONFIG ROW REPEAT
+    local config="$1" row="$2" rep="$3" mix conns
     local lg=("$BIN/loadgen")
     mix="${row%-*}"
     conns="${row##*-}"
     if [ "$conns" = 1 ] && [ "$CAN_PIN" = 1 ]; then
-        place 0
+        place 0 "$B_PID" "$R_PID"
         lg=(taskset -c 0 "$BIN/loadgen")
     fi
+    local tag=(--row "$config:$row" --config "$config" --repeat "$rep")
     if [ "$mix" != ping_noschema ]; then
-        "${lg[@]}" http --url "http://$backend_ADDR" --conns "$conns" --mix "$mix" \
-            "${common[@]}" --row "$row" --repeat "$rep" \
-            --cpu-pid "backend=$backend_PID" >>"$OUT/raw.jsonl"
+        "${lg[@]}" http --url "http://$B_ADDR" --conns "$conns" --mix "$mix" \
+            "${common[@]}" "${tag[@]}" --cpu-pid "backend=$B_PID" >>"$OUT/raw.jsonl"
     fi
-    "${lg[@]}" ws --url "ws://$router_ADDR/ws" --conns "$conns" --mix "$mix" \
-        "${common[@]}" --row "$row" --repeat "$rep" \
-        --cpu-pid "router=$router_PID" --cpu-pid "backend=$backend_PID" >>"$OUT/raw.jsonl"
+    "${lg[@]}" ws --url "ws://$R_ADDR/ws" --conns "$conns" --mix "$mix" \
+        "${common[@]}" "${tag[@]}" \
+        --cpu-pid "router=$R_PID" --cpu-pid "backend=$B_PID" >>"$OUT/raw.jsonl"
     if [ "$conns" = 1 ]; then
-        place "$ALL_CPUS"
+        place "$ALL_CPUS" "$B_PID" "$R_PID"
     fi
+}
+
+measure_transfer() { # CONFIG KIND REPEAT
+    local config="$1" kind="$2" rep="$3" size
+    case "$kind" in
+    b64-upload) size=$((10 * 1024 * 1024)) ;;
+    *) size=$((50 * 1024 * 1024)) ;;
+    esac
+    local args=(--kind "$kind" --size "$size" --duration "$DURATION" --min-runs 3
+        --row "$config:$kind" --config "$config" --repeat "$rep")
+    "$BIN/loadgen" transfer --url "http://$B_ADDR" "${args[@]}" \
+        --cpu-pid "backend=$B_PID" >>"$OUT/raw.jsonl"
+    "$BIN/loadgen" transfer --url "ws://$R_ADDR/ws" "${args[@]}" \
+        --cpu-pid "router=$R_PID" --cpu-pid "backend=$B_PID" --rss-pid "$R_PID" >>"$OUT/raw.jsonl"
 }
 
 # A fresh router, so its RSS is that of the idle connections and not of earlier load.
 measure_idle() { # REPEAT
-    start_router idle_router
-    wait_ready "$idle_router_ADDR"
+    start_mock
+    start_router idle_router "$OUT/routes-shipped.yaml"
     "$BIN/loadgen" idle --url "ws://$idle_router_ADDR/ws" --conns "$IDLE_CONNS" \
-        --hold 0s --rss-pid "$idle_router_PID" --row "idle-$IDLE_CONNS" --repeat "$1" \
-        --threads "$THREADS" >>"$OUT/raw.jsonl"
+        --hold 0s --rss-pid "$idle_router_PID" --row "idle-$IDLE_CONNS" --config shipped \
+        --repeat "$1" --threads "$THREADS" >>"$OUT/raw.jsonl"
     stop "$idle_router_PID"
 }
 
+echo "bench: load before: $LOAD_BEFORE; router: $ROUTER_BIN ${ROUTER_ARGS[*]}" >&2
 for rep in $(seq 1 "$REPEATS"); do
     for row in $ROWS; do
         echo "bench: repeat $rep/$REPEATS: $row" >&2
         if [ "$row" = idle ]; then
             measure_idle "$rep"
-        else
-            measure "$row" "$rep"
+            continue
         fi
+        config="${row%%:*}"
+        what="${row#*:}"
+        case "$what" in
+        b64-upload | chunked-upload | download)
+            # A fresh router, so its peak RSS is this transfer's and not an earlier row's.
+            fresh "$config"
+            use "$config"
+            measure_transfer "$config" "$what" "$rep"
+            fresh "$config"
+            ;;
+        *)
+            use "$config"
+            measure "$config" "$what" "$rep"
+            ;;
+        esac
     done
 done
 
 "$BIN/loadgen" report --raw "$OUT/raw.jsonl" \
-    --note "Load average before the run: $LOAD_BEFORE (1, 5, 15 min). Backend: mock-scope --quiet (release). Load generator: $THREADS thread(s). 1-connection rows: $([ "$CAN_PIN" = 1 ] && echo "all processes on CPU 0 (taskset)" || echo "not pinned"); other rows not pinned." \
+    --note "Load average before the run: $LOAD_BEFORE (1, 5, 15 min); after: $(cut -d' ' -f1-3 /proc/loadavg). Router: $(basename "$ROUTER_BIN") ${ROUTER_ARGS[*]:-(default flags)}. Backend: mock-scope --quiet (release; with \`fal\` routes, supervised by the router with --log-interval-ms 100). Load generator: $THREADS thread(s). 1-connection rows: $([ "$CAN_PIN" = 1 ] && echo "all processes on CPU 0 (taskset)" || echo "not pinned"); other rows not pinned." \
     | tee "$OUT/results.md"
 
 # The tunnel row: one Livepeer orchestrator's ping/pong loop (tunnel-bench) straight to
 # mock-runner's /ws ("direct") and through the router's tunnel (the Livepeer profile with
 # this runner's address), in the same run, medians of the repeats.
-if [ "${BENCH_TUNNEL:-1}" = 1 ]; then
+if [ "${BENCH_TUNNEL:-1}" = 1 ] && [ "$QUICK" != 1 ]; then
     start runner "$BIN/mock-runner" --listen 127.0.0.1:0
     tunnel_routes="$OUT/tunnel-routes.yaml"
     sed -e "s|127.0.0.1:8001|$runner_ADDR|g" -e '/^  command:/d' -e '/^  env_allowlist:/,/FAL_RUNNER_ID\]/d' \

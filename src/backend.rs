@@ -260,6 +260,9 @@ pub struct Upstream {
     prefix: String,
     /// The base URL as written (trailing `/` removed), for logs and `/readyz`.
     base: String,
+    /// The `Host` header of every call, made once here: the pooled client would otherwise
+    /// format `host:port` into a new string for each request.
+    host: header::HeaderValue,
     max_response_bytes: usize,
 }
 
@@ -290,12 +293,14 @@ impl Upstream {
             .path_and_query
             .map(|p| p.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
+        let host = header::HeaderValue::from_str(authority.as_str()).map_err(|e| format!("{e}"))?;
         Ok(Upstream {
             pool,
             scheme,
             authority,
             prefix,
             base: base_url.trim_end_matches('/').to_owned(),
+            host,
             max_response_bytes,
         })
     }
@@ -371,7 +376,8 @@ impl Upstream {
         body: Option<(Bytes, &str)>,
     ) -> Result<Opened, BackendError> {
         let uri = self.uri(path_and_query)?;
-        let req = build_request(method, uri, body, &[])?.map(http_body_util::Either::Left);
+        let mut req = build_request(method, uri, body, &[])?.map(http_body_util::Either::Left);
+        req.headers_mut().insert(header::HOST, self.host.clone());
         let call = self.place().await?;
         self.pool.open_on(&self.pool.client, req, Some(call)).await
     }
@@ -398,6 +404,7 @@ impl Upstream {
         let req = Request::builder()
             .method(method)
             .uri(self.uri(path_and_query)?)
+            .header(header::HOST, self.host.clone())
             .header(header::CONTENT_TYPE, content_type)
             .header(header::CONTENT_LENGTH, content_length)
             .body(http_body_util::Either::Right(

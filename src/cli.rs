@@ -93,6 +93,19 @@ struct ServeArgs {
     /// Log format (only serving writes logs; the other commands print their results).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SCOPE_ROUTER_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Runtime worker threads; 0 picks one per two CPUs, at least one. On a small machine
+    /// that the backend shares, fewer workers mean fewer cross-thread wake-ups per message.
+    #[arg(long, default_value_t = 0, env = "SCOPE_ROUTER_WORKER_THREADS")]
+    worker_threads: usize,
+}
+
+/// The runtime's worker threads for `--worker-threads N` (0: one per two CPUs, at least one).
+fn worker_threads(asked: usize) -> usize {
+    if asked > 0 {
+        return asked;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cpus / 2).max(1)
 }
 
 /// Entry point of the binary.
@@ -290,6 +303,7 @@ fn validate(routes: &Path) -> ExitCode {
 
 fn run_serve(args: ServeArgs) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(args.worker_threads))
         .enable_all()
         .build()
     {
@@ -396,6 +410,14 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn worker_threads_default_to_half_the_cpus() {
+        assert_eq!(super::worker_threads(3), 3);
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(super::worker_threads(0), (cpus / 2).max(1));
+        assert!(super::worker_threads(0) >= 1);
+    }
+
     #[test]
     fn checked_in_routes_schema_is_current() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/routes.schema.json");

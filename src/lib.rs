@@ -37,5 +37,6 @@ pub mod route;
 pub(crate) mod server;
 pub(crate) mod session;
 pub mod snapshot;
+pub(crate) mod sock;
 pub mod template;
 pub mod validate;

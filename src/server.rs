@@ -56,6 +56,10 @@ impl Listener {
 
 /// Initial read buffer of a WebSocket; tungstenite's default is 128 KiB per connection.
 const READ_BUFFER: usize = 8 * 1024;
+/// Frames queued on a WebSocket before they are written without waiting for a flush. The
+/// session flushes once per batch of ready frames, so what is ready together leaves in one
+/// write; a frame always goes out whole (header and payload from one buffer).
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Builds the HTTP app.
 pub fn app(state: Arc<Listener>) -> Router {
@@ -128,7 +132,7 @@ async fn ws(
         .max_frame_size(max)
         // Small buffers (they grow for big messages): an idle connection costs a few KiB, not 256.
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let authorization = headers
                 .get(header::AUTHORIZATION)
@@ -316,6 +320,18 @@ pub async fn serve(
     max_handshakes: usize,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_probed(listener, app, header_timeout, max_handshakes, stop, None).await
+}
+
+/// [`serve`], with a probe that records what is done to each client socket (tests).
+pub(crate) async fn serve_probed(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: std::time::Duration,
+    max_handshakes: usize,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    probe: Option<Arc<crate::sock::Probe>>,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
 
     let permits = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
@@ -338,9 +354,6 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(
                 limit = max_handshakes,
@@ -352,6 +365,7 @@ pub async fn serve(
             );
             continue;
         };
+        let tcp = crate::sock::ClientSocket::accept(tcp, probe.clone());
         let permit = HandshakePermit::new(permit);
         let service = hyper_util::service::TowerToHyperService::new(
             app.clone().layer(axum::Extension(permit)),

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message};
-use futures_util::{Sink, SinkExt};
+use futures_util::{FutureExt, Sink, SinkExt};
 
 use crate::policy::Rate;
 
@@ -22,6 +22,54 @@ where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
     match tokio::time::timeout(timeout, tx.send(msg)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "send failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(?timeout, "client is not reading its replies; closing");
+            false
+        }
+    }
+}
+
+/// Queues one message for the next flush, within `timeout`; false when the client is gone
+/// or not reading.
+///
+/// The socket's write buffer (`server`'s `WRITE_BUFFER`) holds it, whole frame (header and
+/// payload) in one buffer, so frames queued together leave in one write at [`flush`]. No
+/// timer is armed unless the socket is not ready at once (the common case costs none).
+pub(crate) async fn feed<S>(tx: &mut S, msg: Message, timeout: Duration) -> bool
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut fut = std::pin::pin!(tx.feed(msg));
+    let done = match fut.as_mut().now_or_never() {
+        Some(r) => Ok(r),
+        None => tokio::time::timeout(timeout, fut).await,
+    };
+    settle(done, timeout)
+}
+
+/// Writes out what [`feed`] queued, within `timeout`.
+pub(crate) async fn flush<S>(tx: &mut S, timeout: Duration) -> bool
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut fut = std::pin::pin!(tx.flush());
+    let done = match fut.as_mut().now_or_never() {
+        Some(r) => Ok(r),
+        None => tokio::time::timeout(timeout, fut).await,
+    };
+    settle(done, timeout)
+}
+
+fn settle(
+    done: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> bool {
+    match done {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "send failed");

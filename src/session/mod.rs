@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::Message;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
@@ -22,7 +22,7 @@ use self::admission::Slots;
 use self::gate::Decision;
 use self::io::{
     Bucket, CLOSE_ACCESS_DENIED, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN_LATER, classify, close, send, send_text,
+    CLOSE_TRY_AGAIN_LATER, classify, close, feed, flush, send, send_text,
 };
 use crate::conn::{ConnHandle, Outbound};
 use crate::envelope::{Answer, ProtocolError, Reply, Request, decode, refuse};
@@ -229,11 +229,15 @@ async fn run<S>(
         if !ok {
             break EndReason::SendFailed;
         }
+        // Replies, pushes and log lines are fed unflushed; one flush after the branch sends
+        // them with whatever else is ready by then.
+        let mut fed = false;
         tokio::select! {
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Answer::Reply(reply) = answer {
                     bytes_out += reply.text.len() as u64;
-                    ok = send_text(&mut tx, reply.text, write_timeout).await;
+                    ok = feed(&mut tx, Message::Text(reply.text.into()), write_timeout).await;
+                    fed = true;
                 }
             }
             Some(pushed) = push_rx.recv() => {
@@ -247,7 +251,8 @@ async fn run<S>(
                         Message::Binary(b)
                     }
                 };
-                ok = send(&mut tx, msg, write_timeout).await;
+                ok = feed(&mut tx, msg, write_timeout).await;
+                fed = true;
             }
             ev = crate::handler::tunnel::next(&mut tunnel), if tunnel.is_some() => match ev {
                 crate::handler::tunnel::Event::Frame(msg) => {
@@ -352,7 +357,8 @@ async fn run<S>(
                 };
                 if let Some(r) = reply {
                     bytes_out += r.text.len() as u64;
-                    ok = send_text(&mut tx, r.text, write_timeout).await;
+                    ok = feed(&mut tx, Message::Text(r.text.into()), write_timeout).await;
+                    fed = true;
                 }
             }
             checked = poll_opt(&mut gate_check), if gate_check.is_some() => {
@@ -398,7 +404,8 @@ async fn run<S>(
                     Some(lines) => {
                         let text = serde_json::json!({"type": "logs", "lines": lines}).to_string();
                         bytes_out += text.len() as u64;
-                        ok = send_text(&mut tx, text, write_timeout).await;
+                        ok = feed(&mut tx, Message::Text(text.into()), write_timeout).await;
+                        fed = true;
                     }
                     None => logs = None,
                 }
@@ -425,6 +432,16 @@ async fn run<S>(
                 break EndReason::MaxDuration;
             }
             _ = shutdown.changed() => break EndReason::Shutdown,
+        }
+        if fed && ok {
+            ok = flush_ready(
+                &mut tx,
+                &mut in_flight,
+                &mut push_rx,
+                &mut bytes_out,
+                write_timeout,
+            )
+            .await;
         }
     };
 
@@ -603,6 +620,39 @@ fn frame_len(m: &Message) -> u64 {
     }
 }
 
+/// How many more ready frames one flush may take, so a flood of pushes cannot hold off reads.
+const READY_BATCH: usize = 32;
+
+/// Feeds the replies and pushes that are ready now (nothing waits), then flushes once:
+/// frames that are ready together leave the router in one write.
+async fn flush_ready<T>(
+    tx: &mut T,
+    in_flight: &mut FuturesUnordered<BoxFuture<'static, Answer>>,
+    push_rx: &mut tokio::sync::mpsc::Receiver<Outbound>,
+    bytes_out: &mut u64,
+    timeout: Duration,
+) -> bool
+where
+    T: Sink<Message, Error = axum::Error> + Unpin,
+{
+    for _ in 0..READY_BATCH {
+        let (len, msg) = match in_flight.next().now_or_never() {
+            Some(Some(Answer::Reply(r))) => (r.text.len(), Message::Text(r.text.into())),
+            Some(Some(Answer::Streamed)) => continue,
+            _ => match push_rx.try_recv() {
+                Ok(Outbound::Text(t)) => (t.len(), Message::Text(t.into())),
+                Ok(Outbound::Binary(b)) => (b.len(), Message::Binary(b)),
+                Err(_) => break,
+            },
+        };
+        *bytes_out += len as u64;
+        if !feed(tx, msg, timeout).await {
+            return false;
+        }
+    }
+    flush(tx, timeout).await
+}
+
 /// Sleeps for `d`, or forever when there is no limit.
 async fn sleep_opt(d: Option<Duration>) {
     match d {
@@ -655,3 +705,5 @@ async fn next_logs(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_batch;

@@ -72,6 +72,9 @@ enum Mode {
     Idle(IdleArgs),
     /// Read the JSON lines of a benchmark run and print the Markdown results (medians of repeats).
     Report(ReportArgs),
+    /// One large transfer at a time (base64 upload, chunked upload, chunked download), through
+    /// the router or straight to the backend: MB/s and the router's peak RSS.
+    Transfer(transfer::TransferArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -111,6 +114,9 @@ struct RunArgs {
     /// Row name, copied into the output line (`report` groups by it).
     #[arg(long, default_value = "")]
     row: String,
+    /// Configuration label (which routes file the router ran), copied into the output line.
+    #[arg(long, default_value = "")]
+    config: String,
     /// Repeat number, copied into the output line.
     #[arg(long, default_value_t = 0)]
     repeat: u32,
@@ -151,6 +157,9 @@ struct IdleArgs {
     /// Row name, copied into the output line (`report` groups by it).
     #[arg(long, default_value = "")]
     row: String,
+    /// Configuration label, copied into the output line.
+    #[arg(long, default_value = "")]
+    config: String,
     /// Repeat number, copied into the output line.
     #[arg(long, default_value_t = 0)]
     repeat: u32,
@@ -171,6 +180,15 @@ enum Mix {
     /// api GET and POST, get_ice_servers and icecandidate, after one offer per connection.
     #[value(name = "mix")]
     Realistic,
+    /// `api` GET of a 1 KiB JSON answer (`/api/v1/mock/json?size=1024`).
+    #[value(name = "api1k")]
+    Api1k,
+    /// `api` GET of a 64 KiB JSON answer.
+    #[value(name = "api64k")]
+    Api64k,
+    /// `api` GET of a 1 MiB JSON answer.
+    #[value(name = "api1m")]
+    Api1m,
 }
 
 impl Mix {
@@ -180,6 +198,9 @@ impl Mix {
             Mix::PingNoschema => "ping_noschema",
             Mix::Api => "api",
             Mix::Realistic => "mix",
+            Mix::Api1k => "api1k",
+            Mix::Api64k => "api64k",
+            Mix::Api1m => "api1m",
         }
     }
 
@@ -189,6 +210,9 @@ impl Mix {
             Mix::PingNoschema => &[Op::PingNoschema],
             Mix::Api => &[Op::ApiGet(STATUS_PATH)],
             Mix::Realistic => &MIX,
+            Mix::Api1k => &[Op::ApiGet("/api/v1/mock/json?size=1024")],
+            Mix::Api64k => &[Op::ApiGet("/api/v1/mock/json?size=65536")],
+            Mix::Api1m => &[Op::ApiGet("/api/v1/mock/json?size=1048576")],
         }
     }
 }
@@ -336,6 +360,7 @@ fn main() -> std::process::ExitCode {
         Mode::Ws(a) => a.threads,
         Mode::Http(a) => a.run.threads,
         Mode::Idle(a) => a.threads,
+        Mode::Transfer(_) => 1,
         Mode::Report(a) => {
             return match report::run(a) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -365,6 +390,7 @@ fn main() -> std::process::ExitCode {
                 run(args.run, Transport::Http(kind)).await
             }
             Mode::Idle(args) => idle(args).await,
+            Mode::Transfer(args) => transfer::run(args).await,
             Mode::Report(_) => Ok(()),
         }
     });
@@ -467,6 +493,7 @@ async fn run(args: RunArgs, transport: Transport) -> Result<()> {
     };
     let line = json!({
         "row": args.row,
+        "config": args.config,
         "repeat": args.repeat,
         "mode": mode,
         "mix": args.mix.name(),
@@ -615,13 +642,20 @@ async fn ws_connect(target: &Target) -> Result<Ws> {
     Ok(ws)
 }
 
-/// The next text frame (control frames are skipped; a close or an error ends the run).
+/// Whether a text frame is a pushed batch of backend log lines (`{"lines":[…],"type":"logs"}`,
+/// sent every 100 ms with the `fal` routes of the benchmark), which answers no request.
+fn is_logs(text: &str) -> bool {
+    text.starts_with(r#"{"lines":"#) && text.ends_with(r#""type":"logs"}"#)
+}
+
+/// The next text frame (control frames and log pushes are skipped; a close or an error ends the run).
 async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes> {
     loop {
         let frame = tokio::time::timeout(REPLY_TIMEOUT, ws.next())
             .await
             .map_err(|_| anyhow!("no reply within {REPLY_TIMEOUT:?}"))?;
         match frame {
+            Some(Ok(Message::Text(t))) if is_logs(t.as_str()) => {}
             Some(Ok(Message::Text(t))) => return Ok(t),
             Some(Ok(Message::Close(c))) => bail!("server closed the connection: {c:?}"),
             Some(Ok(_)) => {}
@@ -807,7 +841,7 @@ async fn worker(conn: Conn, mix: Mix, plan: Plan, index: usize) -> Result<Worker
                     }
                 }
             }
-            let _ = ws.close().await;
+            let _ = (*ws).close(None).await;
         }
         Conn::Http(mut conn) => {
             while Instant::now() < plan.end {
@@ -872,6 +906,7 @@ async fn idle(args: IdleArgs) -> Result<()> {
     };
     let line = json!({
         "row": args.row,
+        "config": args.config,
         "repeat": args.repeat,
         "mode": "idle",
         "conns": args.conns,
@@ -930,3 +965,5 @@ async fn idle(args: IdleArgs) -> Result<()> {
 
 /// `loadgen report`: medians of the repeats, as the Markdown the README shows.
 mod report;
+/// `loadgen transfer`: large uploads and downloads.
+mod transfer;

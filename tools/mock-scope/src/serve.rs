@@ -264,6 +264,7 @@ pub fn build_router(state: Arc<AppState>) -> Router {
         .route("/api/v1/mock/status/{code}", any(testing::mock_status))
         .route("/api/v1/mock/text", get(testing::mock_text))
         .route("/api/v1/mock/binary", get(testing::mock_binary))
+        .route("/api/v1/mock/json", get(testing::mock_json))
         .route("/api/v1/mock/stream", get(testing::mock_stream))
         .route("/api/v1/session/output.ts", get(testing::output_ts))
         .route("/api/v1/mock/env/{name}", get(testing::mock_env))

@@ -1,4 +1,4 @@
-//! Test-only endpoints the router can reach (`/api/v1/mock/…`: echo, slow, status, text, binary, stream, env) and the byte pattern the binary ones serve; the real server has none of them.
+//! Test-only endpoints the router can reach (`/api/v1/mock/…`: echo, slow, status, text, binary, json, stream, env) and the byte pattern the binary ones serve; the real server has none of them.
 
 use std::convert::Infallible;
 use std::sync::OnceLock;
@@ -108,6 +108,22 @@ pub async fn mock_binary(uri: Uri) -> ApiResult {
         },
     };
     Ok(pattern_response(size, content_type))
+}
+
+/// `GET /api/v1/mock/json?size=N`: a JSON object of exactly N bytes (at least 12), for the
+/// benchmark's reply-size rows: `{"pad":"xxx…"}`.
+pub async fn mock_json(uri: Uri) -> ApiResult {
+    let size = usize::try_from(size_param(&uri)?).unwrap_or(usize::MAX);
+    let mut body = Vec::with_capacity(size.max(12));
+    body.extend_from_slice(br#"{"pad":""#);
+    body.resize(size.max(12) - 2, b'x');
+    body.extend_from_slice(br#""}"#);
+    Ok((
+        StatusCode::OK,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
 }
 
 /// An endless body (no length) of the pattern bytes, as fast as the reader takes it, under
