@@ -9,7 +9,10 @@
 //!   `candidate: null` (acknowledged locally once the connection has a session);
 //! - `validate`: `CompiledSchema::check` alone, for each hot schema;
 //! - `api`: what an `api` message costs the router apart from the HTTP call: decode, validate,
-//!   path normalization and rendering the reply template over a backend body.
+//!   path normalization and rendering the reply template over a backend body;
+//! - `write`: writing replies as the session does, through tokio-tungstenite with the router's
+//!   64 KiB write buffer over a socket that takes every byte: one reply fed and flushed, and
+//!   three ready frames fed then flushed once (one write) against three sends (three writes).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -189,6 +192,113 @@ fn bench_api(c: &mut Criterion) {
     g.finish();
 }
 
+/// A socket that takes every write at once and never has anything to read; it counts writes.
+#[derive(Default)]
+struct NullSocket {
+    writes: u64,
+}
+
+impl tokio::io::AsyncRead for NullSocket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio::io::AsyncWrite for NullSocket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.writes += 1;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+fn bench_write(c: &mut Criterion) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+    use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The `api` reply a client gets for `GET /api/v1/pipeline/status` (about 200 bytes).
+    let reply = Utf8Bytes::from(format!(
+        r#"{{"type":"api_response","request_id":42,"status":200,"data":{}}}"#,
+        std::str::from_utf8(STATUS_BODY).unwrap()
+    ));
+    // The router's socket settings (server.rs: 8 KiB read buffer, 64 KiB write buffer).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(64 * 1024);
+    let mut ws = rt.block_on(WebSocketStream::from_raw_socket(
+        NullSocket::default(),
+        Role::Server,
+        Some(config),
+    ));
+    let mut g = c.benchmark_group("write");
+    g.bench_function("reply_feed_flush", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                ws.feed(Message::Text(reply.clone())).await.unwrap();
+                ws.flush().await.unwrap();
+            });
+        });
+    });
+    g.bench_function("three_frames_one_flush", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for _ in 0..3 {
+                    ws.feed(Message::Text(reply.clone())).await.unwrap();
+                }
+                ws.flush().await.unwrap();
+            });
+        });
+    });
+    g.bench_function("three_frames_three_sends", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for _ in 0..3 {
+                    ws.send(Message::Text(reply.clone())).await.unwrap();
+                }
+            });
+        });
+    });
+    g.finish();
+    // One write per flush, whatever was fed before it: the mechanism the session relies on.
+    let before = ws.get_ref().writes;
+    rt.block_on(async {
+        for _ in 0..3 {
+            ws.feed(Message::Text(reply.clone())).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+    });
+    assert_eq!(
+        ws.get_ref().writes - before,
+        1,
+        "three fed frames, one write"
+    );
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -200,6 +310,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = config();
-    targets = bench_decode, bench_dispatch, bench_validate, bench_api
+    targets = bench_decode, bench_dispatch, bench_validate, bench_api, bench_write
 }
 criterion_main!(hot_path);
