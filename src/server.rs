@@ -395,3 +395,7 @@ pub(crate) async fn serve_probed(
     tasks.wait().await;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "sock_tests.rs"]
+mod sock_tests;

@@ -29,7 +29,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use super::Handle;
 use crate::config::TunnelConfig;
 use crate::envelope::{Answer, ProtocolError, Request, refuse};
-use crate::route::RouteKey;
 
 /// The close code a client gets when the upstream could not be kept (too many failures).
 pub const CLOSE_UPSTREAM_LOST: u16 = 1011;
@@ -194,7 +193,7 @@ pub fn describe_metrics() {
 
 /// The routing key of a text frame without building a JSON tree: the value of the top-level
 /// field `key` when the frame is a JSON object and that value is a string.
-fn type_field<'a>(text: &'a str, key: &str) -> Option<Cow<'a, str>> {
+pub fn type_field<'a>(text: &'a str, key: &str) -> Option<Cow<'a, str>> {
     use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
     struct Seek<'k>(&'k str);
@@ -304,19 +303,6 @@ fn type_field<'a>(text: &'a str, key: &str) -> Option<Cow<'a, str>> {
     let found = Seek(key).deserialize(&mut de).ok()?;
     de.end().ok()?;
     found
-}
-
-/// Whether a text frame goes through the tunnel: it has no routing key, or no named route
-/// for it (`has_route`). Only a top-level field is looked up without parsing the frame
-/// whole; a JSON pointer key parses it.
-pub fn tunnels_text(text: &str, key: &RouteKey, has_route: impl Fn(&str) -> bool) -> bool {
-    let kind: Option<Cow<'_, str>> = match key {
-        RouteKey::Field(f) => type_field(text, f),
-        RouteKey::Pointer(_) => serde_json::from_str::<serde_json::Value>(text)
-            .ok()
-            .and_then(|v| key.get(&v).map(|s| Cow::Owned(s.to_owned()))),
-    };
-    kind.is_none_or(|k| !has_route(&k))
 }
 
 /// The route handler of a tunnel. Frames reach the tunnel from the session loop, never
@@ -727,19 +713,6 @@ mod tests {
         assert_eq!(type_field("not json", "type"), None);
         assert_eq!(type_field(r#"{"type":"ping"} trailing"#, "type"), None);
         assert_eq!(type_field(r#"{"type":"ping""#, "type"), None);
-    }
-
-    #[test]
-    fn frames_without_a_named_route_are_tunnelled() {
-        let key = RouteKey::parse("type");
-        let has = |t: &str| t == "local";
-        assert!(!tunnels_text(r#"{"type":"local"}"#, &key, has));
-        assert!(tunnels_text(r#"{"type":"other"}"#, &key, has));
-        assert!(tunnels_text(r#"{"manifest_id":"m"}"#, &key, has));
-        assert!(tunnels_text("{ not json", &key, has));
-        let pointer = RouteKey::parse("/meta/kind");
-        assert!(!tunnels_text(r#"{"meta":{"kind":"local"}}"#, &pointer, has));
-        assert!(tunnels_text(r#"{"meta":{}}"#, &pointer, has));
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub(crate) mod build;
 pub mod metrics;
 pub mod ready;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -187,3 +188,16 @@ impl RouteTable {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a text frame goes through the tunnel: it has no routing key, or no named route
+/// for it (`has_route`). Only a top-level field is looked up without parsing the frame
+/// whole; a JSON pointer key parses it.
+pub fn tunnels_text(text: &str, key: &RouteKey, has_route: impl Fn(&str) -> bool) -> bool {
+    let kind: Option<Cow<'_, str>> = match key {
+        RouteKey::Field(f) => crate::handler::tunnel::type_field(text, f),
+        RouteKey::Pointer(_) => serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| key.get(&v).map(|s| Cow::Owned(s.to_owned()))),
+    };
+    kind.is_none_or(|k| !has_route(&k))
+}

@@ -81,3 +81,20 @@ async fn ice_with_null_session_and_no_offer_says_so() {
         "{v}"
     );
 }
+
+#[test]
+fn frames_without_a_named_route_are_tunnelled() {
+    let key = super::RouteKey::parse("type");
+    let has = |t: &str| t == "local";
+    assert!(!super::tunnels_text(r#"{"type":"local"}"#, &key, has));
+    assert!(super::tunnels_text(r#"{"type":"other"}"#, &key, has));
+    assert!(super::tunnels_text(r#"{"manifest_id":"m"}"#, &key, has));
+    assert!(super::tunnels_text("{ not json", &key, has));
+    let pointer = super::RouteKey::parse("/meta/kind");
+    assert!(!super::tunnels_text(
+        r#"{"meta":{"kind":"local"}}"#,
+        &pointer,
+        has
+    ));
+    assert!(super::tunnels_text(r#"{"meta":{}}"#, &pointer, has));
+}

@@ -280,7 +280,7 @@ async fn run<S>(
                     None => break EndReason::ClientGone,
                     Some(Ok(Message::Text(text))) if !limited && tunnel.is_some() && {
                         let table = &shared.snapshot.load().table;
-                        crate::handler::tunnel::tunnels_text(&text, &table.key, |t| table.has_named_route(t))
+                        crate::route::tunnels_text(&text, &table.key, |t| table.has_named_route(t))
                     } => {
                         bytes_in += text.len() as u64;
                         messages += 1;
