@@ -18,27 +18,31 @@ pub const ROUTER: &str = env!("CARGO_BIN_EXE_scope-router");
 /// (`cargo build --workspace --bin mock-scope`, the binary `cargo build --bins` makes) when it is
 /// missing or older than its sources. Resolved once per test process; Cargo's lock on the target
 /// directory serialises concurrent test processes.
-pub static MOCK: LazyLock<String> = LazyLock::new(|| {
+pub static MOCK: LazyLock<String> = LazyLock::new(|| tool_binary("mock-scope"));
+
+/// A workspace tool's binary (`tools/<name>`, binary `<name>`) in the tests' own target
+/// directory, built first when it is missing or older than its sources or the lock file.
+pub fn tool_binary(name: &str) -> String {
     let exe = std::env::current_exe().expect("the test binary's path");
     // <target>/<profile>/deps/<test>-<hash> → <target>/<profile>, where `cargo build` puts binaries.
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test binary sits in <target>/<profile>/deps");
-    let bin = dir.join(format!("mock-scope{}", std::env::consts::EXE_SUFFIX));
-    if !is_fresh(&bin) {
-        build_mock(dir);
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !is_fresh(&bin, name) {
+        build_tool(dir, name);
         assert!(
             bin.is_file(),
-            "building mock-scope did not produce {}",
+            "building {name} did not produce {}",
             bin.display()
         );
     }
     bin.to_str().expect("a UTF-8 path").to_owned()
-});
+}
 
-/// Whether `bin` exists and is no older than mock-scope's sources, manifest and the lock file.
-fn is_fresh(bin: &Path) -> bool {
+/// Whether `bin` exists and is no older than its tool's sources, manifest and the lock file.
+fn is_fresh(bin: &Path, name: &str) -> bool {
     fn newest(path: &Path) -> SystemTime {
         let mut t = std::fs::metadata(path)
             .and_then(|m| m.modified())
@@ -53,20 +57,20 @@ fn is_fresh(bin: &Path) -> bool {
     let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
         return false;
     };
-    let sources = newest(&repo().join("tools/mock-scope")).max(newest(&repo().join("Cargo.lock")));
+    let sources = newest(&repo().join("tools").join(name)).max(newest(&repo().join("Cargo.lock")));
     built >= sources
 }
 
-/// Builds mock-scope into `dir` (<target>/<profile>), so into the target directory these tests
+/// Builds a tool into `dir` (<target>/<profile>), so into the target directory these tests
 /// were built in, whether it came from CARGO_TARGET_DIR, `--target-dir` or neither. With the
-/// workspace's features, as `cargo build --bins` does (`-p mock-scope` alone would resolve other
+/// workspace's features, as `cargo build --bins` does (`-p <tool>` alone would resolve other
 /// features, rebuild dependencies, and replace the binary `cargo build --bins` made).
-fn build_mock(dir: &Path) {
+fn build_tool(dir: &Path, name: &str) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = dir.parent().expect("<target>/<profile> has a parent");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo())
-        .args(["build", "--workspace", "--bin", "mock-scope"])
+        .args(["build", "--workspace", "--bin", name])
         .arg("--target-dir")
         .arg(target_dir);
     match dir.file_name().and_then(|n| n.to_str()) {
@@ -78,10 +82,10 @@ fn build_mock(dir: &Path) {
             cmd.args(["--profile", profile]);
         }
     }
-    let out = cmd.output().expect("run cargo to build mock-scope");
+    let out = cmd.output().expect("run cargo to build a workspace tool");
     assert!(
         out.status.success(),
-        "building mock-scope failed ({}):\n{}",
+        "building {name} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

@@ -1,77 +1,15 @@
 //! The fake Livepeer runner (`mock-runner`), located and built like `mock-scope`, and the tunnel profile's routes for tests.
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::LazyLock;
-use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::{Proc, TempRoutes, get_json, http, repo};
+use super::{Proc, TempRoutes, get_json, http, tool_binary};
 
-/// The `mock-runner` binary in the tests' own target directory, built first
-/// (`cargo build --workspace --bin mock-runner`) when missing or older than its sources.
-pub static RUNNER: LazyLock<String> = LazyLock::new(|| {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary sits in <target>/<profile>/deps");
-    let bin = dir.join(format!("mock-runner{}", std::env::consts::EXE_SUFFIX));
-    if !fresh(&bin) {
-        build_runner(dir);
-        assert!(
-            bin.is_file(),
-            "building mock-runner did not produce {}",
-            bin.display()
-        );
-    }
-    bin.to_str().expect("a UTF-8 path").to_owned()
-});
-
-fn fresh(bin: &Path) -> bool {
-    fn newest(path: &Path) -> SystemTime {
-        let mut t = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
-                t = t.max(newest(&e.path()));
-            }
-        }
-        t
-    }
-    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
-        return false;
-    };
-    built >= newest(&repo().join("tools/mock-runner")).max(newest(&repo().join("Cargo.lock")))
-}
-
-fn build_runner(dir: &Path) {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target_dir = dir.parent().expect("<target>/<profile> has a parent");
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo())
-        .args(["build", "--workspace", "--bin", "mock-runner"])
-        .arg("--target-dir")
-        .arg(target_dir);
-    match dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(profile) => {
-            cmd.args(["--profile", profile]);
-        }
-    }
-    let out = cmd.output().expect("run cargo to build mock-runner");
-    assert!(
-        out.status.success(),
-        "building mock-runner failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// The `mock-runner` binary in the tests' own target directory, built first when missing or
+/// older than its sources (as `mock-scope` is).
+pub static RUNNER: LazyLock<String> = LazyLock::new(|| tool_binary("mock-runner"));
 
 /// Starts `mock-runner` on a free port with extra arguments.
 pub fn runner(extra: &[&str]) -> Proc {
