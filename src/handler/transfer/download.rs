@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -200,7 +199,7 @@ async fn pump(
         // One chunk's worth from the backend (or what is left at its end).
         while !eof && buf.len() < chunk_size {
             let next = tokio::select! {
-                next = tokio::time::timeout(idle, opened.body.frame()) => next,
+                next = tokio::time::timeout(idle, opened.frame()) => next,
                 () = tx.closed() => return Err(Stop::Gone),
             };
             match next {

@@ -42,6 +42,8 @@ pub async fn control_stats(State(state): Shared) -> Response {
         .collect();
     ok_json(&json!({
         "total": state.stats.total.load(Ordering::Relaxed),
+        "connections_accepted": state.stats.connections_accepted.load(Ordering::Relaxed),
+        "connections_closed": state.stats.connections_closed.load(Ordering::Relaxed),
         "by_route": by_route,
         "recent": recent,
     }))

@@ -107,6 +107,10 @@ pub struct Cli {
     /// Sleep this long before binding, like a slow model load.
     #[arg(long, default_value_t = 0)]
     pub startup_delay_ms: u64,
+    /// Close a connection that has been idle this long between requests, silently (uvicorn's
+    /// `--timeout-keep-alive`, 5 s by default there); 0 keeps idle connections open.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub keep_alive_timeout_ms: u64,
     /// Exit with code 1 once the Nth counted response has been sent.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub crash_after: Option<u64>,

@@ -94,12 +94,31 @@ async fn serve_connection(
         remote,
         crash_on_close: Arc::clone(&crash_on_close),
     };
-    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+    state
+        .stats
+        .connections_accepted
+        .fetch_add(1, Ordering::SeqCst);
+    let keep_alive = state.opts.keep_alive;
+    // Requests being served on this connection, and a signal at the end of each.
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let activity = Arc::new(tokio::sync::Notify::new());
+    let svc = {
         let state = Arc::clone(&state);
-        let router = router.clone();
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(state, router, ctx, req.map(Body::new)).await) }
-    });
+        let (busy, activity) = (Arc::clone(&busy), Arc::clone(&activity));
+        service_fn(move |req: hyper::Request<Incoming>| {
+            let state = Arc::clone(&state);
+            let router = router.clone();
+            let ctx = ctx.clone();
+            let (busy, activity) = (Arc::clone(&busy), Arc::clone(&activity));
+            busy.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let resp = handle(state, router, ctx, req.map(Body::new)).await;
+                busy.fetch_sub(1, Ordering::SeqCst);
+                activity.notify_one();
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut draining = false;
@@ -110,8 +129,21 @@ async fn serve_connection(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
+            // Any request restarts the idle clock (the loop makes a new sleep).
+            () = activity.notified(), if keep_alive.is_some() => {}
+            () = tokio::time::sleep(keep_alive.unwrap_or_default()), if keep_alive.is_some() && !draining => {
+                if busy.load(Ordering::SeqCst) == 0 {
+                    // As uvicorn: an idle connection is closed without a word.
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
         }
     }
+    state
+        .stats
+        .connections_closed
+        .fetch_add(1, Ordering::SeqCst);
     if crash_on_close.load(Ordering::SeqCst) {
         eprintln!("mock-scope: --crash-after reached, exiting with code 1");
         exit_process(1);

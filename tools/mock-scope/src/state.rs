@@ -27,6 +27,8 @@ pub struct Opts {
     pub quiet: bool,
     pub log_health: bool,
     pub crash_after: Option<u64>,
+    /// Idle connections are closed after this long (`--keep-alive-timeout-ms`).
+    pub keep_alive: Option<std::time::Duration>,
 }
 
 pub struct AppState {
@@ -51,6 +53,9 @@ pub struct AppState {
 #[derive(Default)]
 pub struct Stats {
     pub total: AtomicU64,
+    /// Connections accepted, and closed, since the start (not reset).
+    pub connections_accepted: AtomicU64,
+    pub connections_closed: AtomicU64,
     pub inner: Mutex<StatsInner>,
 }
 
@@ -136,6 +141,8 @@ impl AppState {
                 quiet: cli.quiet,
                 log_health: cli.log_health,
                 crash_after: cli.crash_after,
+                keep_alive: (cli.keep_alive_timeout_ms > 0)
+                    .then(|| std::time::Duration::from_millis(cli.keep_alive_timeout_ms)),
             },
             server_start_time: unix_now(),
             served: AtomicU64::new(0),

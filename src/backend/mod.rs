@@ -15,6 +15,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolConfig;
 
+mod conns;
+
 /// A streamed request body (an assembled upload read from disk).
 pub type BodyStream =
     futures_util::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>;
@@ -58,7 +60,9 @@ pub struct Opened {
     pub content_length: Option<u64>,
     /// Where a redirect (3xx) points.
     pub location: Option<String>,
-    pub body: Incoming,
+    body: Incoming,
+    /// The connection the body comes on, driven while the body is read (backend calls).
+    lease: Option<conns::Lease>,
     _call: Option<OwnedSemaphorePermit>,
     budget: Arc<Semaphore>,
 }
@@ -87,6 +91,9 @@ pub enum BackendError {
 /// Created once per process; every snapshot's [`Upstream`] shares it, so a reload
 /// that changes the backend URL keeps the pool (and its idle connections to the same host).
 pub struct Backend {
+    /// Backend calls: connections driven by the calls' own tasks.
+    conns: conns::Conns,
+    /// The health probe's own pool (it does not take a place among the calls').
     client: Client<HttpConnector, ReqBody>,
     /// Calls to other hosts (authorizers, CDN fetches), over https or http; never redirected.
     outbound: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -104,8 +111,14 @@ impl Backend {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool.idle_timeout.0)
-            .pool_max_idle_per_host(pool.max_idle)
+            .pool_max_idle_per_host(2)
             .build(connector.clone());
+        // Never more idle than may be open at once.
+        let conns = conns::Conns::new(
+            connector.clone(),
+            pool.max_idle.min(pool.max_connections).max(1),
+            pool.idle_timeout.0,
+        );
         let mut plain = connector;
         plain.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -118,6 +131,7 @@ impl Backend {
             .build(https);
         let kib = (pool.max_buffered_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Backend {
+            conns,
             client,
             outbound,
             calls: Arc::new(Semaphore::new(pool.max_connections.max(1))),
@@ -162,6 +176,16 @@ impl Backend {
                 BackendError::Failed(error_chain(&e))
             }
         })?;
+        self.opened(resp, call, None)
+    }
+
+    /// An answer's head, checked, with its body still to read.
+    fn opened(
+        &self,
+        resp: hyper::Response<Incoming>,
+        call: Option<OwnedSemaphorePermit>,
+        lease: Option<conns::Lease>,
+    ) -> Result<Opened, BackendError> {
         let status = resp.status();
         // An informational or out-of-range status is not an answer a client can use.
         if !(200..=599).contains(&status.as_u16()) {
@@ -189,6 +213,7 @@ impl Backend {
             content_length,
             location,
             body: resp.into_body(),
+            lease,
             _call: call,
             budget: self.budget.clone(),
         })
@@ -196,6 +221,20 @@ impl Backend {
 }
 
 impl Opened {
+    /// The next frame of the body (`None` at its end, when the connection is given back).
+    pub async fn frame(&mut self) -> Option<Result<hyper::body::Frame<Bytes>, hyper::Error>> {
+        let next = match self.lease.as_mut() {
+            Some(lease) => lease.frame(&mut self.body).await,
+            None => self.body.frame().await,
+        };
+        if next.is_none()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.give_back();
+        }
+        next
+    }
+
     /// Reads the whole body, at most `limit` bytes, each byte counted against the
     /// process-wide response budget (`budget_bytes` in all) while the answer is held.
     pub async fn read_whole(
@@ -209,7 +248,7 @@ impl Opened {
         let mut held: Option<OwnedSemaphorePermit> = None;
         let mut held_kib = 0usize;
         let mut out = bytes::BytesMut::new();
-        while let Some(frame) = self.body.frame().await {
+        while let Some(frame) = self.frame().await {
             let frame = frame.map_err(|e| BackendError::Failed(error_chain(&e)))?;
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -263,6 +302,8 @@ pub struct Upstream {
     /// The `Host` header of every call, made once here: the pooled client would otherwise
     /// format `host:port` into a new string for each request.
     host: header::HeaderValue,
+    /// Where new connections go (`http://host:port/`).
+    connect_uri: Uri,
     max_response_bytes: usize,
 }
 
@@ -294,7 +335,14 @@ impl Upstream {
             .map(|p| p.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
         let host = header::HeaderValue::from_str(authority.as_str()).map_err(|e| format!("{e}"))?;
+        let connect_uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("{e}"))?;
         Ok(Upstream {
+            connect_uri,
             pool,
             scheme,
             authority,
@@ -331,6 +379,40 @@ impl Upstream {
         builder
             .build()
             .map_err(|e| BackendError::BadRequest(format!("{e}")))
+    }
+
+    /// A call's request target in origin form (the connection is to the backend already).
+    fn origin(&self, path_and_query: &str) -> Result<Uri, BackendError> {
+        if !path_and_query.starts_with('/') {
+            return Err(BackendError::BadRequest(format!(
+                "the path must start with /: {path_and_query}"
+            )));
+        }
+        let target = if self.prefix.is_empty() {
+            Uri::try_from(path_and_query)
+        } else {
+            Uri::try_from(format!("{}{path_and_query}", self.prefix))
+        };
+        target.map_err(|e| BackendError::BadRequest(format!("{e}")))
+    }
+
+    /// A request on a backend connection: target, `Host`, content type, body.
+    fn request(
+        &self,
+        method: &Method,
+        target: &Uri,
+        content_type: Option<&header::HeaderValue>,
+        body: ReqBody,
+    ) -> Request<ReqBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = target.clone();
+        let headers = req.headers_mut();
+        headers.insert(header::HOST, self.host.clone());
+        if let Some(ct) = content_type {
+            headers.insert(header::CONTENT_TYPE, ct.clone());
+        }
+        req
     }
 
     /// One call: method, path with query, optional body, within `timeout` for the whole exchange.
@@ -375,11 +457,22 @@ impl Upstream {
         path_and_query: &str,
         body: Option<(Bytes, &str)>,
     ) -> Result<Opened, BackendError> {
-        let uri = self.uri(path_and_query)?;
-        let mut req = build_request(method, uri, body, &[])?.map(http_body_util::Either::Left);
-        req.headers_mut().insert(header::HOST, self.host.clone());
+        let target = self.origin(path_and_query)?;
+        let (bytes, content_type) = match body {
+            Some((bytes, ct)) => (bytes, Some(header_value(ct)?)),
+            None => (Bytes::new(), None),
+        };
         let call = self.place().await?;
-        self.pool.open_on(&self.pool.client, req, Some(call)).await
+        let make = || {
+            let body = http_body_util::Either::Left(Full::new(bytes.clone()));
+            Some(self.request(&method, &target, content_type.as_ref(), body))
+        };
+        let (resp, lease) = self
+            .pool
+            .conns
+            .send(&self.authority, &self.connect_uri, make)
+            .await?;
+        self.pool.opened(resp, Some(call), Some(lease))
     }
 
     async fn place(&self) -> Result<OwnedSemaphorePermit, BackendError> {
@@ -401,20 +494,29 @@ impl Upstream {
         content_length: u64,
         timeout: Duration,
     ) -> Result<BackendResponse, BackendError> {
-        let req = Request::builder()
-            .method(method)
-            .uri(self.uri(path_and_query)?)
-            .header(header::HOST, self.host.clone())
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::CONTENT_LENGTH, content_length)
-            .body(http_body_util::Either::Right(
-                http_body_util::StreamBody::new(body),
-            ))
-            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        let target = self.origin(path_and_query)?;
+        let content_type = header_value(content_type)?;
+        let mut body = Some(http_body_util::Either::Right(
+            http_body_util::StreamBody::new(body),
+        ));
+        // A stream goes out once: it is not repeated on another connection.
+        let make = || {
+            let mut req = self.request(&method, &target, Some(&content_type), body.take()?);
+            req.headers_mut().insert(
+                header::CONTENT_LENGTH,
+                header::HeaderValue::from(content_length),
+            );
+            Some(req)
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         let opened = within(deadline, async {
             let call = self.place().await?;
-            self.pool.open_on(&self.pool.client, req, Some(call)).await
+            let (resp, lease) = self
+                .pool
+                .conns
+                .send(&self.authority, &self.connect_uri, make)
+                .await?;
+            self.pool.opened(resp, Some(call), Some(lease))
         })
         .await?;
         within(deadline, self.read_whole(opened)).await
@@ -457,6 +559,10 @@ fn build_request(
         .map_err(|e| BackendError::BadRequest(e.to_string()))
 }
 
+fn header_value(v: &str) -> Result<header::HeaderValue, BackendError> {
+    header::HeaderValue::from_str(v).map_err(|e| BackendError::BadRequest(e.to_string()))
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -467,3 +573,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;
