@@ -15,7 +15,7 @@
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,15 +61,20 @@ impl Conn {
     }
 }
 
-/// Polls `driver` (while it runs) each time `fut` is polled, until `fut` is done.
+/// Runs `fut` to completion, polling `driver` (while it runs) whenever `fut` cannot finish
+/// without it: `fut` first, so a body frame that is already in costs no connection poll.
 async fn drive<F: Future>(driver: &mut Option<Driver>, fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     poll_fn(|cx| {
-        if let Some(d) = driver.as_mut() {
-            // Ready means the connection is over; the request or body sees why.
-            if Pin::new(d).poll(cx).is_ready() {
-                *driver = None;
-            }
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        let Some(d) = driver.as_mut() else {
+            return Poll::Pending;
+        };
+        // Ready means the connection is over; `fut` sees why (an error, or the body's end).
+        if Pin::new(d).poll(cx).is_ready() {
+            *driver = None;
         }
         fut.as_mut().poll(cx)
     })

@@ -1,4 +1,4 @@
-//! The one shared keep-alive HTTP client pool, and the backend as a snapshot addresses it.
+//! The shared backend connections and HTTP clients, and the backend as a snapshot addresses it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +86,8 @@ pub enum BackendError {
     Busy(usize),
 }
 
-/// The shared HTTP clients: one keep-alive pool to the backend, one for other hosts.
+/// The shared HTTP clients: the backend's keep-alive connections (driven by their calls), the
+/// health probe's pool, and one client for other hosts.
 ///
 /// Created once per process; every snapshot's [`Upstream`] shares it, so a reload
 /// that changes the backend URL keeps the pool (and its idle connections to the same host).
@@ -299,7 +300,7 @@ pub struct Upstream {
     prefix: String,
     /// The base URL as written (trailing `/` removed), for logs and `/readyz`.
     base: String,
-    /// The `Host` header of every call, made once here: the pooled client would otherwise
+    /// The `Host` header of every call, made once here: a URI-built request would otherwise
     /// format `host:port` into a new string for each request.
     host: header::HeaderValue,
     /// Where new connections go (`http://host:port/`).

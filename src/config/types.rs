@@ -309,15 +309,16 @@ impl Default for LogsConfig {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
-    /// Idle keep-alive connections kept per backend host.
+    /// Idle keep-alive connections kept to the backend (never more than `max_connections`).
     pub max_idle: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Dur,
     /// Largest backend response body read whole (a route may set a smaller cap). Larger
     /// binary answers go out as chunked downloads, streamed, when the client asks for them.
     pub max_response_bytes: usize,
-    /// Backend calls in flight at once, over all connections; each holds one connection to
-    /// the backend. Further calls wait for a place within their own timeout.
+    /// Backend calls in flight at once, over all clients; each holds one connection to the
+    /// backend, and no more connections than this are open (idle ones included). Further
+    /// calls wait for a place within their own timeout.
     pub max_connections: usize,
     /// Response bytes all calls together may hold in memory; a call that would go over
     /// is answered 503 (`ROUTER_BUSY`).
