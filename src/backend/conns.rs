@@ -36,8 +36,9 @@ type Driver = http1::Connection<TokioIo<TcpStream>, ReqBody>;
 /// One backend connection: the request handle and the connection state machine behind it.
 pub(super) struct Conn {
     tx: http1::SendRequest<ReqBody>,
-    /// `None` once the connection has finished (closed by either side, or broken).
-    driver: Option<Driver>,
+    /// `None` once the connection has finished (closed by either side, or broken). Boxed:
+    /// the state machine is large, and every call's future holds its connection.
+    driver: Option<Pin<Box<Driver>>>,
     authority: Authority,
     idle_since: Instant,
 }
@@ -53,7 +54,7 @@ impl Conn {
     fn usable(&mut self) -> bool {
         if let Some(d) = self.driver.as_mut() {
             let mut cx = Context::from_waker(Waker::noop());
-            if Pin::new(d).poll(&mut cx).is_ready() {
+            if d.as_mut().poll(&mut cx).is_ready() {
                 self.driver = None;
             }
         }
@@ -63,7 +64,7 @@ impl Conn {
 
 /// Runs `fut` to completion, polling `driver` (while it runs) whenever `fut` cannot finish
 /// without it: `fut` first, so a body frame that is already in costs no connection poll.
-async fn drive<F: Future>(driver: &mut Option<Driver>, fut: F) -> F::Output {
+async fn drive<F: Future>(driver: &mut Option<Pin<Box<Driver>>>, fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
@@ -73,7 +74,7 @@ async fn drive<F: Future>(driver: &mut Option<Driver>, fut: F) -> F::Output {
             return Poll::Pending;
         };
         // Ready means the connection is over; `fut` sees why (an error, or the body's end).
-        if Pin::new(d).poll(cx).is_ready() {
+        if d.as_mut().poll(cx).is_ready() {
             *driver = None;
         }
         fut.as_mut().poll(cx)
@@ -157,7 +158,7 @@ impl Conns {
             .map_err(|e| BackendError::Failed(error_chain(&e)))?;
         Ok(Conn {
             tx,
-            driver: Some(driver),
+            driver: Some(Box::pin(driver)),
             authority: authority.clone(),
             idle_since: Instant::now(),
         })
@@ -189,7 +190,8 @@ impl Conns {
             let reused = idle.is_some();
             let mut conn = match idle {
                 Some(c) => c,
-                None => self.connect(authority, connect_uri).await?,
+                // Boxed: rare, and its future would otherwise make every call's larger.
+                None => Box::pin(self.connect(authority, connect_uri)).await?,
             };
             let tx = &mut conn.tx;
             if let Err(e) = drive(&mut conn.driver, poll_fn(|cx| tx.poll_ready(cx))).await {
