@@ -133,7 +133,8 @@ impl Conns {
         }
     }
 
-    /// The freshest usable idle connection to `authority`; stale ones met on the way are closed.
+    /// A usable idle connection to `authority`, oldest first (the queue is first in, first out,
+    /// so idle connections take turns); closed or expired ones met on the way are dropped.
     fn take_idle(&self, authority: &Authority) -> Option<Conn> {
         while let Some(mut c) = self.idle.pop() {
             if c.authority == *authority && c.idle_since.elapsed() < self.idle_timeout && c.usable()
