@@ -463,11 +463,20 @@ impl Upstream {
             Some((bytes, ct)) => (bytes, Some(header_value(ct)?)),
             None => (Bytes::new(), None),
         };
-        let call = self.place().await?;
-        let make = || {
+        self.send(|| {
             let body = http_body_util::Either::Left(Full::new(bytes.clone()));
             Some(self.request(&method, &target, content_type.as_ref(), body))
-        };
+        })
+        .await
+    }
+
+    /// Waits for a place among `pool.max_connections`, then sends what `make` builds on a
+    /// backend connection and returns the answer's head.
+    async fn send(
+        &self,
+        make: impl FnMut() -> Option<Request<ReqBody>>,
+    ) -> Result<Opened, BackendError> {
+        let call = self.place().await?;
         let (resp, lease) = self
             .pool
             .conns
@@ -510,16 +519,7 @@ impl Upstream {
             Some(req)
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let opened = within(deadline, async {
-            let call = self.place().await?;
-            let (resp, lease) = self
-                .pool
-                .conns
-                .send(&self.authority, &self.connect_uri, make)
-                .await?;
-            self.pool.opened(resp, Some(call), Some(lease))
-        })
-        .await?;
+        let opened = within(deadline, self.send(make)).await?;
         within(deadline, self.read_whole(opened)).await
     }
 
