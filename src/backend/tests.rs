@@ -69,23 +69,28 @@ fn current_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// `GET /x?i=<i>`, which must answer `ok`.
+async fn get_ok(up: &Upstream, i: usize) {
+    let r = up
+        .call(
+            Method::GET,
+            &format!("/x?i={i}"),
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"ok");
+}
+
 #[test]
 fn calls_reuse_one_connection_and_spawn_no_task() {
     let (addr, accepted) = server(false);
     current_thread().block_on(async {
         let up = upstream(addr, 64);
         for i in 0..50 {
-            let r = up
-                .call(
-                    Method::GET,
-                    &format!("/x?i={i}"),
-                    None,
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap();
-            assert_eq!(r.status, StatusCode::OK);
-            assert_eq!(&r.body[..], b"ok");
+            get_ok(&up, i).await;
             // The connection is driven inside the call: no connection task, no task per call.
             let tasks = tokio::runtime::Handle::current()
                 .metrics()
@@ -118,16 +123,7 @@ fn a_connection_the_backend_closed_while_idle_is_replaced() {
         for i in 0..20 {
             // Each answer's connection is closed by the server; the next call finds it closed
             // (or loses the race and repeats the GET on a new connection): never an error.
-            let r = up
-                .call(
-                    Method::GET,
-                    &format!("/x?i={i}"),
-                    None,
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("call {i}: {e}"));
-            assert_eq!(&r.body[..], b"ok");
+            get_ok(&up, i).await;
         }
     });
     assert_eq!(
@@ -141,22 +137,8 @@ fn a_connection_the_backend_closed_while_idle_is_replaced() {
 fn concurrent_calls_open_at_most_max_connections() {
     let (addr, accepted) = server(false);
     current_thread().block_on(async {
-        let up = Arc::new(upstream(addr, 3));
-        let calls = (0..24).map(|i| {
-            let up = up.clone();
-            async move {
-                up.call(
-                    Method::GET,
-                    &format!("/x?i={i}"),
-                    None,
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap()
-            }
-        });
-        let answers = futures_util::future::join_all(calls).await;
-        assert!(answers.iter().all(|r| r.status == StatusCode::OK));
+        let up = upstream(addr, 3);
+        futures_util::future::join_all((0..24).map(|i| get_ok(&up, i))).await;
     });
     let n = accepted.load(Ordering::SeqCst);
     assert!(
